@@ -1,0 +1,49 @@
+# REaaS — one Makefile for set-up, tests and the jobs. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+# onnxruntime-gpu on machines with a working NVIDIA driver, plain onnxruntime elsewhere (never both).
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+RUNTIME_EXTRA := $(if $(HAS_CUDA),gpu,cpu)
+STAMP := $(VENV)/.installed-$(RUNTIME_EXTRA)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PROTOS := $(shell find protos -name '*.proto' | sort)
+
+.PHONY: help install dataset test lint protos clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: $(STAMP) dataset ## virtualenv in .venv with every extra, plus the Fashion-MNIST Debian package
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# The CPU wheel of torch first, so nothing below pulls a multi-GB CUDA build.
+	$(if $(HAS_CUDA),,$(BIN)/python -m pip install -q torch==2.13.0)
+	$(BIN)/python -m pip install -q -e '.[$(RUNTIME_EXTRA),server,train,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+dataset: ## apt-get install dataset-fashion-mnist when its files are missing
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "installing dataset-fashion-mnist into $(FMNIST_DIR)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
+	fi
+
+test: install ## install if needed, then ruff and the test suite (the CI command)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install ## ruff only
+	$(BIN)/ruff check .
+
+protos: ## regenerate the checked-in Python stubs (with .pyi) from protos/
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+clean: ## remove generated outputs (keeps .venv and models/)
+	rm -rf results .pytest_cache .ruff_cache
