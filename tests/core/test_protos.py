@@ -29,9 +29,9 @@ def test_checked_in_stubs_match_generated(tmp_path):
 
 
 def test_every_field_is_documented():
-    """Each message field line in the contract carries a comment (unit, shape or range)."""
+    """Each message field of our contract (reaas.v1; KServe's mirrors its upstream) carries a comment."""
     undocumented = []
-    for path in PROTOS:
+    for path in sorted((ROOT / "protos" / "reaas" / "v1").glob("*.proto")):
         lines = path.read_text().splitlines()
         for number, line in enumerate(lines):
             stripped = line.strip()

@@ -1,0 +1,127 @@
+"""The per-call shell around a servicer method: tracing span, quota, usage, metrics and status mapping.
+
+A servicer method decorated with :func:`unary_rpc` receives a :class:`Call` instead of the raw context and
+just converts and delegates; any caller mistake it raises becomes a specific status code.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry import trace
+
+from services.common.auth import Principal, current_principal
+from services.common.metrics import ServerMetrics, Usage
+from services.common.quota import QuotaLimiter
+from services.common.status import Status, status_for
+
+log = logging.getLogger(__name__)
+
+_NO_DEADLINE_S = 1e8  # grpc reports "no deadline" as a remaining time of centuries
+
+
+@dataclass
+class ServiceRuntime:
+    """What all calls of one server share."""
+
+    service: str
+    metrics: ServerMetrics
+    tracer: trace.Tracer
+    quota: QuotaLimiter
+    default_images_per_minute: int = 0
+    draining: threading.Event = field(default_factory=threading.Event)  # set once shutdown begins
+
+
+class Call:
+    """One in-flight call: who is calling, what it has been charged, and its deadline."""
+
+    def __init__(self, runtime: ServiceRuntime, method: str, context: grpc.ServicerContext):
+        self.runtime = runtime
+        self.method = method
+        self.context = context
+        self.principal: Principal = current_principal()
+        self.queries = 0
+
+    def charge(self, images: int) -> None:
+        """Count ``images`` queries against the caller's per-minute quota (raises QuotaExceeded)."""
+        quota = self.principal.images_per_minute or self.runtime.default_images_per_minute
+        self.runtime.quota.acquire(self.principal.name, images, quota)
+        self.queries += images
+        trace.get_current_span().set_attribute("reaas.queries", images)
+
+    def deadline(self, margin_s: float = 0.0) -> float | None:
+        """Absolute ``time.monotonic()`` by which to answer (None without a client deadline)."""
+        remaining_s = self.context.time_remaining()
+        if remaining_s is None or remaining_s > _NO_DEADLINE_S:
+            return None
+        if remaining_s <= margin_s:
+            raise TimeoutError(
+                f"deadline too close: {remaining_s * 1000:.0f} ms left, "
+                f"{margin_s * 1000:.0f} ms needed to reply"
+            )
+        return time.monotonic() + remaining_s - margin_s
+
+
+def _attach_usage(response, usage: Usage) -> None:
+    fields = response.DESCRIPTOR.fields_by_name
+    if "usage" in fields:
+        response.usage.queries = usage.queries
+        response.usage.request_bytes = usage.request_bytes
+        response.usage.response_bytes = usage.response_bytes
+    elif "parameters" in fields and usage.queries:  # KServe responses: usage as int64 parameters
+        response.parameters["usage_queries"].int64_param = usage.queries
+        response.parameters["usage_request_bytes"].int64_param = usage.request_bytes
+        response.parameters["usage_response_bytes"].int64_param = usage.response_bytes
+
+
+def _abort(context: grpc.ServicerContext, status: Status) -> None:
+    if status.trailing_metadata:
+        context.set_trailing_metadata(status.trailing_metadata)
+    context.abort(status.code, status.message)
+
+
+def unary_rpc(method: Callable) -> Callable:
+    """Decorate ``method(self, request, call) -> response``; ``self.runtime`` is the ServiceRuntime.
+
+    ``self.error_codes`` ({exception type: StatusCode}, optional) adds service-specific mappings.
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    def handler(self, request, context: grpc.ServicerContext):
+        runtime: ServiceRuntime = self.runtime
+        call = Call(runtime, name, context)
+        started = time.perf_counter()
+        status: Status | None = None
+        with runtime.tracer.start_as_current_span(
+            f"{runtime.service}/{name}",
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.method": name, "reaas.key": call.principal.name},
+        ) as span:
+            try:
+                response = method(self, request, call)
+            except Exception as exc:  # noqa: BLE001 - every exception becomes a status below
+                status = status_for(exc, getattr(self, "error_codes", None))
+                if status is None:
+                    log.exception("%s/%s failed", runtime.service, name)
+                    span.record_exception(exc)
+                    status = Status(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})")
+                span.set_status(trace.StatusCode.ERROR, status.message)
+            else:
+                usage = Usage(call.queries, request.ByteSize(), response.ByteSize())
+                _attach_usage(response, usage)
+                runtime.metrics.record_usage(name, call.principal.name, usage)
+            code = status.code if status is not None else grpc.StatusCode.OK
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+        runtime.metrics.record_call(name, code.name, time.perf_counter() - started)
+        if status is not None:
+            _abort(context, status)
+        return response
+
+    return handler

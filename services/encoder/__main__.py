@@ -1,0 +1,27 @@
+"""``python -m services.encoder --model PATH --port N ...``: serve the Feature-API until SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+from services.common.config import EncoderConfig, parse_config
+from services.common.server import configure_logging, serve_until_signal
+from services.encoder.server import create_server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags (env-var fallbacks), build the server, serve until SIGTERM/SIGINT drains it."""
+    config = parse_config(
+        EncoderConfig,
+        argv,
+        description="REaaS Feature-API (reaas.v1.Encoder + KServe v2)",
+        prog="python -m services.encoder",
+    )
+    configure_logging(config.log_level)
+    server, _port = create_server(config)
+    serve_until_signal(server, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
