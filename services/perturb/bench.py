@@ -1,0 +1,199 @@
+"""In-process benchmark of the bound engine: latency, radii, certificate gap and memory per method.
+
+``python -m services.perturb.bench --model PATH --json``; without ``--model`` it benchmarks an untrained
+encoder of the planned shape. Images: Fashion-MNIST test indices ≡ 0 (mod 20) (REFERENCE §8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from services.perturb.engine import BoundEngine
+from services.perturb.engine.attack import AttackConfig, pgd_feature_shift
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure; defaults follow issue 3's "Measure it"."""
+
+    model: str | None = None
+    images: int = 100
+    methods: tuple[str, ...] = ("lipschitz", "local_lipschitz", "ibp", "crown_ibp", "auto", "crown")
+    crown_images: int = 3  # full CROWN costs seconds per query: time a prefix only
+    gap_images: int = 20
+    rss_images: int = 32
+    radius_fraction: float = 0.5  # R_F = fraction x feature RMS spread
+    attack_steps: int = 100
+    attack_restarts: int = 5
+    threads: int = 1
+    seed: int = 0
+
+
+def _untrained_encoder_onnx(seed: int) -> bytes:
+    from services.trainer.encoders import EncoderConfig, build_encoder
+
+    torch.manual_seed(seed)
+    enc = build_encoder(EncoderConfig()).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(
+        enc,
+        (torch.zeros(1, 1, 28, 28),),
+        buf,
+        input_names=["images"],
+        output_names=["features"],
+        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return buf.getvalue()
+
+
+def _test_images(n: int) -> np.ndarray:
+    from reaas.datasets import load_fashion_mnist
+
+    images, _ = load_fashion_mnist(split="test")
+    return np.ascontiguousarray(images[::20][:n])
+
+
+def attack_limited_radius(
+    eng: BoundEngine, x: np.ndarray, rf: np.ndarray, start: np.ndarray, cfg: AttackConfig, rounds: int = 10
+) -> np.ndarray:
+    """Smallest r [B] found at which PGD moves the feature by ≥ R_F (an upper bound on any sound radius)."""
+    graph = eng.graph.to(torch.float32)
+    xt = torch.as_tensor(x)
+
+    def reaches(r: np.ndarray) -> np.ndarray:
+        shift = pgd_feature_shift(graph.forward, xt, torch.as_tensor(r, dtype=torch.float32), "l2", True, cfg)
+        return shift.numpy() >= rf
+
+    lo = np.maximum(start, 1e-6)
+    hi = np.full_like(lo, np.inf)
+    r = lo * 1.5
+    for _ in range(40):  # expand until the attack succeeds everywhere
+        ok = reaches(r)
+        hi = np.where(ok & np.isinf(hi), r, hi)
+        if np.all(np.isfinite(hi)):
+            break
+        r = np.where(np.isinf(hi), r * 1.5, r)
+        lo = np.where(np.isinf(hi), r / 1.5, lo)
+    for _ in range(rounds):
+        mid = np.sqrt(lo * hi)
+        ok = reaches(mid)
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    return hi
+
+
+def run(cfg: BenchConfig) -> dict:
+    """Run every measurement and return the JSON-ready report."""
+    torch.set_num_threads(cfg.threads)
+    eng = BoundEngine.from_onnx(cfg.model if cfg.model else _untrained_encoder_onnx(cfg.seed))
+    x = _test_images(cfg.images)
+    feats = eng.features(x).astype(np.float64)
+    spread = float(np.sqrt(((feats - feats.mean(0)) ** 2).sum(1).mean()))
+    rf = np.full(len(x), cfg.radius_fraction * spread)
+    report: dict = {
+        "model": cfg.model or "untrained (services.trainer.encoders default shape)",
+        "images": len(x),
+        "feature_rms_spread": spread,
+        "feature_radius": float(rf[0]),
+        "lipschitz_bound_l2": eng.lipschitz_bound_l2,
+        "torch_threads": cfg.threads,
+        "methods": {},
+    }
+    auto_radius = None
+    for m in cfg.methods:
+        n = cfg.crown_images if m == "crown" else len(x)
+        times, radii, evals, used = [], [], [], []
+        for i in range(n):
+            t0 = time.perf_counter()
+            res = eng.image_radius(x[i : i + 1], rf[i : i + 1], method=m)
+            times.append((time.perf_counter() - t0) * 1e3)
+            radii.append(float(res.image_radius[0]))
+            evals.append(res.bound_evaluations)
+            used.extend(res.method_used)
+        report["methods"][m] = {
+            "queries": n,
+            "p50_ms": float(np.percentile(times, 50)),
+            "p95_ms": float(np.percentile(times, 95)),
+            "mean_image_radius": float(np.mean(radii)),
+            "mean_bound_evaluations": float(np.mean(evals)),
+            "method_used": {u: used.count(u) for u in sorted(set(used))},
+        }
+        print(f"[bench] {m}: {report['methods'][m]}", file=sys.stderr, flush=True)
+        if m == "auto":
+            auto_radius = np.array(radii)
+    if auto_radius is not None and cfg.gap_images:
+        g = min(cfg.gap_images, len(x))
+        acfg = AttackConfig(steps=cfg.attack_steps, restarts=cfg.attack_restarts, seed=cfg.seed)
+        attack = attack_limited_radius(eng, x[:g], rf[:g], auto_radius[:g], acfg)
+        report["certificate_gap_median"] = float(np.median(attack / np.maximum(auto_radius[:g], 1e-300)))
+        report["attack_radius_mean"] = float(attack.mean())
+    if cfg.rss_images:
+        k = min(cfg.rss_images, len(x))
+        t0 = time.perf_counter()
+        eng.curve(
+            x[:k],
+            np.array([float(np.median(auto_radius if auto_radius is not None else [1e-2]))]),
+            method="crown",
+        )
+        report["crown_batch_seconds"] = time.perf_counter() - t0
+        report["crown_batch_images"] = k
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    report["config"] = asdict(cfg)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    d = BenchConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model, help="ONNX encoder (default: untrained, planned shape)")
+    p.add_argument("--images", type=int, default=d.images)
+    p.add_argument("--methods", default=",".join(d.methods))
+    p.add_argument("--crown-images", type=int, default=d.crown_images)
+    p.add_argument("--gap-images", type=int, default=d.gap_images)
+    p.add_argument("--rss-images", type=int, default=d.rss_images)
+    p.add_argument("--radius-fraction", type=float, default=d.radius_fraction)
+    p.add_argument("--attack-steps", type=int, default=d.attack_steps)
+    p.add_argument("--attack-restarts", type=int, default=d.attack_restarts)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = p.parse_args(argv)
+    cfg = BenchConfig(
+        a.model,
+        a.images,
+        tuple(m for m in a.methods.split(",") if m),
+        a.crown_images,
+        a.gap_images,
+        a.rss_images,
+        a.radius_fraction,
+        a.attack_steps,
+        a.attack_restarts,
+        a.threads,
+        a.seed,
+    )
+    report = run(cfg)
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for m, r in report["methods"].items():
+            print(
+                f"{m:10s} p50 {r['p50_ms']:9.2f} ms  p95 {r['p95_ms']:9.2f} ms  "
+                f"radius {r['mean_image_radius']:.5f}"
+            )
+        print({k: v for k, v in report.items() if k not in ("methods", "config")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
