@@ -13,7 +13,10 @@ STAMP := $(VENV)/.installed-$(RUNTIME_EXTRA)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install dataset test lint protos clean
+MODEL ?= models/fmnist-robust.onnx
+RUN_DIR ?= runs/local
+
+.PHONY: help install dataset test lint protos clean up down images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,3 +50,12 @@ protos: ## regenerate the checked-in Python stubs (with .pyi) from protos/
 
 clean: ## remove generated outputs (keeps .venv and models/)
 	rm -rf results .pytest_cache .ruff_cache
+
+up: ## start two encoder replicas and one perturb on 127.0.0.1, wait for SERVING (MODEL=, RUN_DIR=)
+	$(BIN)/python -m deploy.local --run-dir $(RUN_DIR) up --model $(MODEL)
+
+down: ## stop what `make up` started (SIGTERM, then SIGKILL after the grace)
+	$(BIN)/python -m deploy.local --run-dir $(RUN_DIR) down
+
+images: ## build the container images with Docker (GPU=1 adds the GPU images, PUSH=1 pushes)
+	deploy/docker/build.sh

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# F2IPerturb-API on CPU: the bound engine (torch, CPU wheel) and onnxruntime. Build from the repository root:
+#   docker build -f deploy/docker/perturb.Dockerfile -t reaas-perturb:0.1.0-cpu .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The CPU torch wheel first, so the extras below do not pull a CUDA build.
+RUN pip install --index-url ${TORCH_INDEX_URL} "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY reaas ./reaas
+COPY services ./services
+RUN pip install '.[cpu,server,train]'
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 reaas \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin reaas
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY deploy/__init__.py deploy/model_check.py ./deploy/
+ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp \
+    REAAS_MODEL=/models/fmnist-robust.onnx REAAS_PORT=50052
+USER 10001:10001
+EXPOSE 50052
+ENTRYPOINT ["python", "-m", "deploy.model_check", "--"]
+CMD ["python", "-m", "services.perturb"]
