@@ -1,0 +1,98 @@
+"""On-disk cache of fetched features, keyed by dataset, split, indices, variant and model sha256.
+
+Re-training on cached features costs no queries. Writes are atomic (temporary file, fsync, rename), so a
+killed fetch never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What identifies a cached feature matrix."""
+
+    dataset: str  # e.g. "fashion-mnist"
+    split: str  # "train" or "test"
+    indices: tuple[int, ...]  # dataset indices, in row order
+    model_sha256: str  # the pinned encoder
+    variant: str = "clean"  # e.g. "noisy-sigma0.25-k25-seed0" for SEaaS-SC training copies
+
+    def filename(self) -> str:
+        """A file name unique to this key."""
+        digest = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{self.dataset}-{self.split}-"
+                       f"{self.variant}")
+        return f"{safe}-n{len(self.indices)}-{digest}.npz"
+
+
+class FeatureCache:
+    """Feature matrices under ``root/<model_sha256[:16]>/``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, key: CacheKey) -> Path:
+        """Where the entry for ``key`` lives."""
+        if not key.model_sha256:
+            raise ValueError("a cache key needs the model sha256 (pin the model first)")
+        return self.root / key.model_sha256[:16] / key.filename()
+
+    def get(self, key: CacheKey) -> np.ndarray | None:
+        """The cached features [N, ...] for ``key``, or None."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["model_sha256"]) != key.model_sha256 or not np.array_equal(
+                    data["indices"], np.asarray(key.indices, dtype=np.int64)):
+                return None
+            return np.array(data["features"])
+
+    def put(self, key: CacheKey, features: np.ndarray) -> Path:
+        """Store features [N, ...] for ``key`` atomically; returns the file path."""
+        if features.shape[0] != len(key.indices):
+            raise ValueError(f"{features.shape[0]} feature rows for {len(key.indices)} indices")
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, features=features, indices=np.asarray(key.indices, dtype=np.int64),
+                     model_sha256=np.array(key.model_sha256))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def get_or_fetch(self, key: CacheKey, fetch: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        """Cached features for ``key``, else ``fetch()`` and store them; returns (features, was_cached)."""
+        cached = self.get(key)
+        if cached is not None:
+            return cached, True
+        features = np.asarray(fetch())
+        self.put(key, features)
+        return features, False
+
+
+def fetch_features(encoder, cache: FeatureCache | None, dataset: str, split: str, indices, images: np.ndarray,
+                   variant: str = "clean", chunk: int = 4096) -> tuple[np.ndarray, bool]:
+    """Features of ``images`` (dataset rows ``indices``) from the cache, else from ``encoder.encode``.
+
+    ``encoder`` is an EncoderClient (its pinned sha keys the cache). Returns (features [N, D], was_cached).
+    """
+    def fetch() -> np.ndarray:
+        parts = [encoder.encode(images[s:s + chunk]) for s in range(0, len(images), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    sha = encoder.model_info().model_sha256
+    if cache is None:
+        return fetch(), False
+    key = CacheKey(dataset, split, tuple(int(i) for i in indices), sha, variant)
+    return cache.get_or_fetch(key, fetch)

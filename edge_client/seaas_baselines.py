@@ -1,0 +1,164 @@
+"""Baselines against a plain encoder service (SEaaS): image-space smoothing and denoised smoothing.
+
+SEaaS-SC: noise in image space, every noisy copy is one Encode query — ``k`` noisy copies per training
+input, ``n0 + n`` per test input — and the radius is ``sigma * Phi^-1(p_A)`` directly in pixel units.
+Noisy copies are clipped to [0, 1] before they are sent (the service only accepts valid pixels); clipping
+is a fixed post-processing of the noisy input, part of the base classifier, so the certificate holds.
+
+SEaaS-DS (Salman et al. 2020): a small DnCNN denoiser ``D`` (conv-BN-ReLU stack, residual) the client
+trains on its own images with MSE ``||D(x + eps) - x||^2``, optionally followed by the stability loss
+``CE(F(D(x + eps)), F(x))`` through a differentiable *surrogate* classifier ``F`` (the client has no
+gradients of the served encoder). Training needs torch; the denoiser is exported to ONNX and run with
+onnxruntime at certification time, so certification stays torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_client.mlp import MLP
+from edge_client.smoothing import SmoothingConfig, certify, fill_standard_normal
+
+
+def noisy_copies(images: np.ndarray, sigma: float, copies: int, rng: np.random.Generator) -> np.ndarray:
+    """``copies`` clipped noisy versions of each image: [N * copies, C, H, W] float32, image-major order."""
+    repeated = np.repeat(np.asarray(images, dtype=np.float32), copies, axis=0)
+    noise = fill_standard_normal(rng, np.empty_like(repeated))
+    return np.clip(repeated + np.float32(sigma) * noise, 0.0, 1.0)
+
+
+def fetch_noisy_training_features(encoder, images: np.ndarray, labels: np.ndarray, sigma: float,
+                                  copies: int, rng: np.random.Generator, chunk: int = 2048
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """SEaaS-SC training data: features of ``copies`` noisy copies per image (``copies`` queries each)."""
+    features = []
+    for start in range(0, len(images), chunk):
+        features.append(encoder.encode(noisy_copies(images[start:start + chunk], sigma, copies, rng)))
+    return np.concatenate(features), np.repeat(np.asarray(labels), copies)
+
+
+def image_classifier(encoder, mlp: MLP, denoiser: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    """Base classifier of noisy images [b, C, H, W]: (denoise), clip to [0, 1], Encode (b queries), MLP."""
+    def classify(noisy: np.ndarray) -> np.ndarray:
+        images = denoiser(noisy) if denoiser is not None else noisy
+        return mlp.predict(encoder.encode(np.clip(images, 0.0, 1.0).astype(np.float32)))
+    return classify
+
+
+def certify_image(encoder, mlp: MLP, image: np.ndarray, config: SmoothingConfig, rng: np.random.Generator,
+                  denoiser: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[int, float]:
+    """SEaaS-SC / SEaaS-DS certificate of one image [C, H, W]: (class or ABSTAIN, radius in pixel units)."""
+    return certify(image_classifier(encoder, mlp, denoiser), np.asarray(image, np.float32), mlp.num_classes,
+                   config, rng)
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """DnCNN shape and training schedule."""
+
+    sigma: float = 0.25  # image-space noise std, pixel units
+    depth: int = 6  # conv layers
+    channels: int = 32
+    epochs: int = 5
+    stability_epochs: int = 0  # then train with the stability loss (needs a surrogate classifier)
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+def build_dncnn(in_channels: int, config: DenoiserConfig):
+    """A DnCNN: conv-ReLU, (depth - 2) x conv-BN-ReLU, conv; predicts the noise, returns x - noise."""
+    import torch
+    from torch import nn
+
+    class DnCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = [nn.Conv2d(in_channels, config.channels, 3, padding=1), nn.ReLU()]
+            for _ in range(config.depth - 2):
+                layers += [nn.Conv2d(config.channels, config.channels, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(config.channels), nn.ReLU()]
+            layers.append(nn.Conv2d(config.channels, in_channels, 3, padding=1))
+            self.body = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - self.body(x)
+
+    return DnCNN()
+
+
+def train_denoiser(images: np.ndarray, config: DenoiserConfig = DenoiserConfig(),
+                   surrogate: Callable | None = None,
+                   progress: Callable[[str, int, float], None] | None = None):
+    """Train a DnCNN on images [N, C, H, W] in [0, 1] with MSE, then optionally the stability loss.
+
+    ``surrogate`` is a differentiable torch callable images -> logits standing in for g(f(.)); it is
+    required when ``config.stability_epochs > 0``. Returns the torch module in eval mode.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if config.stability_epochs and surrogate is None:
+        raise ValueError("the stability loss needs a differentiable surrogate classifier")
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    data = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    model = build_dncnn(data.shape[1], config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    phases = [("mse", config.epochs), ("stability", config.stability_epochs)]
+    for phase, epochs in phases:
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(data), generator=gen)
+            total, count = 0.0, 0
+            for start in range(0, len(data), config.batch_size):
+                clean = data[order[start:start + config.batch_size]]
+                noisy = clean + config.sigma * torch.randn(clean.shape, generator=gen)
+                denoised = model(noisy)
+                if phase == "mse":
+                    loss = F.mse_loss(denoised, clean)
+                else:
+                    with torch.no_grad():
+                        target = surrogate(clean).argmax(dim=1)
+                    loss = F.cross_entropy(surrogate(denoised), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(clean)
+                count += len(clean)
+            if progress is not None:
+                progress(phase, epoch, total / max(count, 1))
+    return model.eval()
+
+
+def export_denoiser_onnx(model, path: str | os.PathLike, input_shape: tuple[int, int, int]) -> None:
+    """Write the denoiser to ONNX with a dynamic batch axis (atomic rename)."""
+    import torch
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.onnx.export(model.eval(), (torch.zeros(1, *input_shape),), tmp, input_names=["noisy"],
+                      output_names=["denoised"], opset_version=17, dynamo=False,
+                      dynamic_axes={"noisy": {0: "batch"}, "denoised": {0: "batch"}})
+    os.replace(tmp, path)
+
+
+class OnnxDenoiser:
+    """The exported denoiser run with onnxruntime on CPU: noisy images [b, C, H, W] -> denoised, float32."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, noisy: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: np.asarray(noisy, dtype=np.float32)})[0]

@@ -1,0 +1,106 @@
+"""MLP (.npz round trip, folded normalization), numpy trainer, feature cache, radius from a curve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_client.feature_cache import CacheKey, FeatureCache
+from edge_client.mlp import MLP, feature_spread, init_mlp, mlp_forward
+from edge_client.radius import radii_from_curves, radius_from_curve
+from edge_client.training import TrainConfig, accuracy, noise_sigma, select_noise_scale, train_mlp
+
+
+def _clusters(n: int, d: int = 12, classes: int = 4, scale: float = 250.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((classes, d)) * 2.5
+    labels = rng.integers(0, classes, n)
+    return ((means[labels] + rng.standard_normal((n, d))) * scale + 40.0).astype(np.float32), labels
+
+
+def test_mlp_round_trip_and_folded_normalization(tmp_path):
+    rng = np.random.default_rng(0)
+    model = init_mlp(6, (8, 8), 3, rng.standard_normal(6), 2.5, rng)
+    features = rng.standard_normal((5, 6))
+    normalized = (features - model.center) * model.input_scale
+    unfolded = [(w.astype(np.float64), b.astype(np.float64)) for w, b in zip(model.weights, model.biases,
+                                                                            strict=True)]
+    np.testing.assert_allclose(model.logits(features), mlp_forward(unfolded, normalized), atol=1e-9)
+    model.save(tmp_path / "m.npz")
+    loaded = MLP.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.logits(features), model.logits(features))
+    assert loaded.spread == model.spread and loaded.hidden_widths == (8, 8)
+
+
+def test_feature_spread_is_rms_distance_to_mean():
+    features = np.array([[0.0, 0.0], [2.0, 0.0]])
+    assert feature_spread(features) == pytest.approx(1.0)
+
+
+def test_trainer_learns_and_is_scale_invariant():
+    features, labels = _clusters(1200)
+    config = TrainConfig(hidden_widths=(32,), epochs=15, batch_size=64, learning_rate=3e-3, noise_c=0.5)
+    model = train_mlp(features[:1000], labels[:1000], config)
+    assert accuracy(model, features[1000:], labels[1000:]) > 0.9
+    scaled = train_mlp(features[:1000] * 1e-3, labels[:1000], config)
+    np.testing.assert_allclose(scaled.predict(features[1000:] * 1e-3), model.predict(features[1000:]))
+    assert noise_sigma(model.spread, 12, 1.0) == pytest.approx(model.spread / np.sqrt(12))
+
+
+def test_noise_scale_is_chosen_on_a_validation_split():
+    features, labels = _clusters(600, seed=1)
+    config = TrainConfig(hidden_widths=(16,), epochs=2)
+    best, table = select_noise_scale(features, labels, [0.25, 1.0], config, validation_size=20,
+                                     smoothing_n=500)
+    assert best in (0.25, 1.0) and len(table) == 2
+    assert all(row["val_feature_acr_over_S"] >= 0 for row in table)
+
+
+def test_feature_cache_round_trip_and_keying(tmp_path):
+    cache = FeatureCache(tmp_path)
+    key = CacheKey("fashion-mnist", "train", (0, 5, 9), "ab" * 32)
+    calls = []
+
+    def fetch():
+        calls.append(1)
+        return np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    first, cached = cache.get_or_fetch(key, fetch)
+    again, cached_again = cache.get_or_fetch(key, fetch)
+    assert (cached, cached_again) == (False, True) and len(calls) == 1
+    np.testing.assert_array_equal(first, again)
+    assert cache.get(CacheKey("fashion-mnist", "train", (0, 5, 9), "cd" * 32)) is None
+    assert cache.get(CacheKey("fashion-mnist", "train", (0, 5, 8), "ab" * 32)) is None
+    assert not list(tmp_path.rglob("*.tmp-*"))
+    with pytest.raises(ValueError):
+        cache.put(key, np.zeros((2, 2)))
+
+
+def test_radius_from_curve():
+    radii = np.array([0.1, 0.2, 0.4, 0.8])
+    bounds = np.array([0.5, 1.0, 2.0, 4.0])
+    assert radius_from_curve(radii, bounds, 2.5) == 0.4
+    assert radius_from_curve(radii, bounds, 2.0) == 0.2  # strict: U(r) < R_F
+    assert radius_from_curve(radii, bounds, 0.4) == 0.0
+    assert radius_from_curve(radii, bounds, 100.0) == 0.8
+    assert radius_from_curve(radii, np.array([0.5, np.nan, 2.0, 4.0]), 1.5) == 0.1
+    np.testing.assert_array_equal(radii_from_curves([(radii, bounds)] * 2, np.array([2.5, 0.0])), [0.4, 0.0])
+    with pytest.raises(ValueError):
+        radius_from_curve(radii, bounds[:2], 1.0)
+
+
+def test_bench_prints_the_goal_keys():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "edge_client.bench", "--json", "--n", "2000", "--inputs", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=root,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["sc_seconds_per_input"] > 0 and 0 < result["sc_peak_rss_mb"] < 1000
+    assert result["threads"] == 1 and result["n"] == 2000

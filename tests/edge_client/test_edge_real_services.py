@@ -1,0 +1,94 @@
+"""The SDK and the REaaS paths against the real Encoder and Perturb services (linear ONNX encoder).
+
+Skipped when the services or torch are not importable. For f(x) = W x the exact image radius of a feature
+radius R_F is R_F / ||W||_2; every answer must be at most that (sound) and close to it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+encoder_server = pytest.importorskip("services.encoder.server")
+perturb_server = pytest.importorskip("services.perturb.server")
+config_mod = pytest.importorskip("services.common.config")
+model_file = pytest.importorskip("services.common.model_file")
+
+from edge_client.journal import Journal  # noqa: E402
+from edge_client.mlp import feature_spread, init_mlp  # noqa: E402
+from edge_client.runner import CertifyConfig, journal_header, run_certification  # noqa: E402
+from edge_client.sdk import ClientConfig, EncoderClient, ModelPin, PerturbClient  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    weight = np.random.default_rng(1).normal(size=(6, 784)).astype(np.float32) / 28.0
+    layer = torch.nn.Linear(784, 6, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weight))
+    path = root / "lin.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), layer).eval(), torch.zeros(1, 1, 28, 28),
+                          str(path), input_names=["images"], output_names=["features"],
+                          dynamic_axes={"images": {0: "B"}, "features": {0: "B"}}, dynamo=False)
+    card = {"model_sha256": model_file.sha256_of(path), "lipschitz_bound_l2": 3.5, "feature_spread": 0.7}
+    path.with_suffix(".json").write_text(json.dumps(card))
+    keys = root / "keys.txt"
+    keys.write_text("edge k3y-edge\n")
+    common = {"model_path": path, "port": 0, "bind_address": "127.0.0.1", "api_key_file": keys,
+              "worker_threads": 4}
+    enc, enc_port = encoder_server.create_server(config_mod.EncoderConfig(**common, intra_op_threads=1))
+    per, per_port = perturb_server.create_server(config_mod.PerturbConfig(**common))
+    enc.start()
+    per.start()
+    yield weight.astype(np.float64), f"127.0.0.1:{enc_port}", f"127.0.0.1:{per_port}"
+    enc.stop(0)
+    per.stop(0)
+
+
+def _clients(enc_target, per_target):
+    pin = ModelPin()
+    encoder = EncoderClient(ClientConfig(enc_target, api_key="k3y-edge"), pin=pin)
+    perturb = PerturbClient(ClientConfig(per_target, api_key="k3y-edge"), pin=pin)
+    return encoder, perturb
+
+
+def test_sdk_against_real_services(services):
+    weight, enc_target, per_target = services
+    encoder, perturb = _clients(enc_target, per_target)
+    images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    features = encoder.encode(images)
+    np.testing.assert_allclose(features, images.reshape(5, -1) @ weight.T, rtol=1e-4, atol=1e-5)
+    sigma_max = np.linalg.norm(weight, 2)
+    feature_radii = np.array([0.05, 0.1, 0.2, 0.5, 1.0])
+    radii, methods = perturb.f2i(images, feature_radii)
+    exact = feature_radii / sigma_max
+    assert np.all(radii <= exact) and np.all(radii >= 0.9 * exact), (radii, exact, methods)
+    curve = perturb.curve(images[:2])
+    np.testing.assert_allclose(curve.features, features[:2], rtol=1e-4, atol=1e-5)
+    assert encoder.pin.sha256 == perturb.pin.sha256
+    assert encoder.usage.queries == 5 and perturb.usage.queries == 7
+
+
+@pytest.mark.parametrize("method", ["bc-crown", "sc", "sc-curve"])
+def test_reaas_paths_against_real_services(services, tmp_path, method):
+    weight, enc_target, per_target = services
+    encoder, perturb = _clients(enc_target, per_target)
+    rng = np.random.default_rng(2)
+    images = rng.random((4, 1, 28, 28), dtype=np.float32)
+    features = encoder.encode(rng.random((64, 1, 28, 28), dtype=np.float32))
+    model = init_mlp(6, (16,), 3, features.mean(axis=0), feature_spread(features), rng)
+    labels = model.predict(encoder.encode(images))
+    config = CertifyConfig(method=method, n=2_000, noise_c=0.5)
+    journal = Journal(tmp_path / "j.jsonl", journal_header(config, encoder.pin.sha256, "m"))
+    rows = run_certification(journal, list(range(4)), images, labels, model, encoder, perturb, config)
+    sigma_max = np.linalg.norm(weight, 2)
+    for row in rows:
+        assert row["radius"] <= row["feature_radius"] / sigma_max
+        assert row["queries"] <= (1 if method == "sc-curve" else 2)
