@@ -56,28 +56,50 @@ class FeatureCache:
                 return None
             return np.array(data["features"])
 
-    def put(self, key: CacheKey, features: np.ndarray) -> Path:
-        """Store features [N, ...] for ``key`` atomically; returns the file path."""
+    def fetch_cost(self, key: CacheKey) -> tuple[int, int] | None:
+        """(queries, bytes) the cached entry cost when it was fetched, or None if unknown or absent."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            if "fetch_cost" not in data.files:
+                return None
+            queries, num_bytes = (int(v) for v in data["fetch_cost"])
+            return queries, num_bytes
+
+    def put(self, key: CacheKey, features: np.ndarray, fetch_cost: tuple[int, int] | None = None) -> Path:
+        """Store features [N, ...] for ``key`` atomically, with the (queries, bytes) they cost; the path."""
         if features.shape[0] != len(key.indices):
             raise ValueError(f"{features.shape[0]} feature rows for {len(key.indices)} indices")
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as handle:
+            extra = {} if fetch_cost is None else {"fetch_cost": np.asarray(fetch_cost, dtype=np.int64)}
             np.savez(handle, features=features, indices=np.asarray(key.indices, dtype=np.int64),
-                     model_sha256=np.array(key.model_sha256))
+                     model_sha256=np.array(key.model_sha256), **extra)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         return path
 
-    def get_or_fetch(self, key: CacheKey, fetch: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-        """Cached features for ``key``, else ``fetch()`` and store them; returns (features, was_cached)."""
+    def get_or_fetch(self, key: CacheKey, fetch: Callable[[], np.ndarray],
+                     measure: Callable[[], tuple[int, int]] | None = None) -> tuple[np.ndarray, bool]:
+        """Cached features for ``key``, else ``fetch()`` and store them; returns (features, was_cached).
+
+        ``measure()`` returns running (queries, bytes) totals; their growth during ``fetch`` is stored as the
+        entry's fetch cost, so a report over cached features can still state what fetching them cost.
+        """
         cached = self.get(key)
         if cached is not None:
             return cached, True
+        before = measure() if measure is not None else None
         features = np.asarray(fetch())
-        self.put(key, features)
+        cost = None
+        if before is not None:
+            after = measure()
+            cost = (after[0] - before[0], after[1] - before[1])
+        self.put(key, features, cost)
         return features, False
 
 
@@ -95,4 +117,5 @@ def fetch_features(encoder, cache: FeatureCache | None, dataset: str, split: str
     if cache is None:
         return fetch(), False
     key = CacheKey(dataset, split, tuple(int(i) for i in indices), sha, variant)
-    return cache.get_or_fetch(key, fetch)
+    usage = encoder.usage
+    return cache.get_or_fetch(key, fetch, measure=lambda: (usage.queries, usage.bytes))

@@ -104,3 +104,26 @@ def test_bench_prints_the_goal_keys():
     result = json.loads(proc.stdout)
     assert result["sc_seconds_per_input"] > 0 and 0 < result["sc_peak_rss_mb"] < 1000
     assert result["threads"] == 1 and result["n"] == 2000
+
+
+def test_feature_cache_remembers_what_fetching_cost(tmp_path):
+    """A cached entry keeps the (queries, bytes) it cost, so a re-run can still report the protocol cost."""
+    import numpy as np
+
+    from edge_client.feature_cache import CacheKey, FeatureCache
+
+    cache = FeatureCache(tmp_path)
+    key = CacheKey("d", "train", (0, 1, 2), "ab" * 32)
+    totals = {"queries": 10, "bytes": 1000}
+
+    def fetch():
+        totals["queries"] += 3
+        totals["bytes"] += 4242
+        return np.zeros((3, 2), np.float32)
+
+    measure = lambda: (totals["queries"], totals["bytes"])  # noqa: E731
+    _, cached = cache.get_or_fetch(key, fetch, measure)
+    assert not cached and cache.fetch_cost(key) == (3, 4242)
+    _, cached = cache.get_or_fetch(key, fetch, measure)
+    assert cached and totals["queries"] == 13 and cache.fetch_cost(key) == (3, 4242)
+    assert cache.fetch_cost(CacheKey("d", "train", (5,), "ab" * 32)) is None

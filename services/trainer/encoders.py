@@ -1,0 +1,110 @@
+"""Small CNN encoder family that the bound engine supports: normalization, Conv+ReLU, Flatten, MLP."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+FMNIST_MEAN = 0.2860
+FMNIST_STD = 0.3530
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of a ``ConvEncoder``; every conv is 3x3 with padding 1 and the given stride."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    channels: tuple[int, ...] = (16, 32, 64)
+    strides: tuple[int, ...] = (1, 2, 2)
+    hidden_dim: int = 256
+    feature_dim: int = 128
+    batch_norm: bool = False
+    mean: float = FMNIST_MEAN
+    std: float = FMNIST_STD
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != len(self.strides):
+            raise ValueError(f"channels {self.channels} and strides {self.strides} differ in length")
+        if self.std <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serializable description."""
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["strides"] = list(self.strides)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        """Rebuild a config written by ``to_dict``."""
+        d = dict(d)
+        d["channels"] = tuple(d["channels"])
+        d["strides"] = tuple(d["strides"])
+        return cls(**d)
+
+    def spatial_sizes(self) -> list[int]:
+        """Input height (= width) of each conv layer, then the final map size."""
+        sizes = [self.image_size]
+        for s in self.strides:
+            sizes.append((sizes[-1] + 2 - 3) // s + 1)
+        return sizes
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` with scalar constants; exported as Sub and Div."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
+class ConvEncoder(nn.Module):
+    """images [B, C, H, W] float32 in [0, 1] -> features [B, feature_dim]."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = [Normalize(config.mean, config.std)]
+        c_in = config.in_channels
+        for c_out, stride in zip(config.channels, config.strides, strict=False):
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not config.batch_norm))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU())
+            c_in = c_out
+        side = config.spatial_sizes()[-1]
+        layers += [
+            nn.Flatten(),
+            nn.Linear(c_in * side * side, config.hidden_dim),
+            nn.ReLU(),
+            nn.Linear(config.hidden_dim, config.feature_dim),
+        ]
+        self.net = nn.Sequential(*layers)
+        for m in self.net:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                # He init keeps the signal's scale through ReLU layers; PyTorch's default shrinks it
+                # per layer, which leaves an untrained encoder's features nearly collinear (slow MoCo start).
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def linear_layers(self) -> list[nn.Module]:
+        """The encoder's Normalize, Conv2d, BatchNorm2d and Linear layers in forward order."""
+        kinds = (Normalize, nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+        return [m for m in self.net if isinstance(m, kinds)]
+
+
+def build_encoder(config: EncoderConfig) -> ConvEncoder:
+    """Construct an encoder from its config."""
+    return ConvEncoder(config)
