@@ -22,7 +22,8 @@ from reaas.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, perturb_pb2, per
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 _NORMS = {"l2": common_pb2.L2, "linf": common_pb2.LINF}
 _METHODS = {"auto": common_pb2.AUTO, "lipschitz": common_pb2.LIPSCHITZ, "ibp": common_pb2.IBP,
-            "crown_ibp": common_pb2.CROWN_IBP, "crown": common_pb2.CROWN}
+            "crown_ibp": common_pb2.CROWN_IBP, "crown": common_pb2.CROWN,
+            "local_lipschitz": common_pb2.LOCAL_LIPSCHITZ}
 _METHOD_NAMES = {v: k for k, v in _METHODS.items()}
 _MESSAGE_OVERHEAD_BYTES = 4096  # headroom for shapes, sha, usage and framing in one message
 

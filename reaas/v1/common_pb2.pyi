@@ -26,6 +26,7 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IBP: _ClassVar[Method]
     CROWN_IBP: _ClassVar[Method]
     CROWN: _ClassVar[Method]
+    LOCAL_LIPSCHITZ: _ClassVar[Method]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT64: DType
@@ -37,6 +38,7 @@ LIPSCHITZ: Method
 IBP: Method
 CROWN_IBP: Method
 CROWN: Method
+LOCAL_LIPSCHITZ: Method
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")

@@ -22,6 +22,7 @@ METHODS = {
     common_pb2.LIPSCHITZ: "lipschitz",
     common_pb2.IBP: "ibp",
     common_pb2.CROWN_IBP: "crown_ibp",
+    common_pb2.LOCAL_LIPSCHITZ: "local_lipschitz",
     common_pb2.CROWN: "crown",
 }
 METHOD_ENUM = {name: enum for enum, name in METHODS.items()}

@@ -305,3 +305,13 @@ def test_a_server_bug_is_internal_without_leaking_details(start_server, perturb_
     _, channel = start_server(create_server, perturb_config, engine=BrokenEngine())
     error = _error(lambda: _radius(channel, images(1), [0.1]))
     assert error.code() == grpc.StatusCode.INTERNAL and "secret" not in error.details()
+
+
+def test_every_engine_method_has_a_wire_name_on_both_sides():
+    """A method the engine can report must map to the proto enum on the server and back in the SDK."""
+    from edge_client.sdk import _METHOD_NAMES
+    from services.perturb.engine.engine import METHODS as ENGINE_METHODS
+    from services.perturb.server import METHOD_ENUM
+
+    assert set(ENGINE_METHODS) <= set(METHOD_ENUM)
+    assert {METHOD_ENUM[m] for m in ENGINE_METHODS} <= set(_METHOD_NAMES)
