@@ -49,6 +49,7 @@ def test_certified_radii_survive_sampling_and_pgd(kind, norm, tmp_path):
             shift = (f64(pts) - f64(x64[i : i + 1])).norm(dim=1)
             assert float(shift.max()) < rf[i], method
     assert np.all(radii["auto"] >= radii["lipschitz"])
+    assert set(res.method_used) <= {"lipschitz", "ibp", "crown_ibp", "crown"}  # the wire's Method enum
     assert np.all(radii["auto"] >= radii["crown_ibp"] / (1 + 2e-3))
     assert np.all(radii["local_lipschitz"] >= radii["lipschitz"] / (1 + 2e-3))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -54,6 +55,18 @@ class RadiusResult:
     image_radius: np.ndarray
     method_used: list[str]
     bound_evaluations: int
+
+
+class _Prepared:
+    """Validated images of one request; node values at x0 are computed on first use (LIPSCHITZ never)."""
+
+    def __init__(self, graph: BoundGraph, x64: torch.Tensor, f0_norm: np.ndarray) -> None:
+        self._graph, self.x64, self.f0_norm = graph, x64, f0_norm
+
+    @functools.cached_property
+    def centers(self) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return self._graph.forward_all(self.x64)
 
 
 class BoundEngine:
@@ -140,17 +153,9 @@ class BoundEngine:
         shift = output_shift_bounds(self.graph, ball, f0, bounds, self.config.norm_margin, self.config.crown)
         return torch.minimum(torch.minimum(shift.per_feature, shift.linear_part), ibp)
 
-    def _evaluator(
-        self,
-        x64: torch.Tensor,
-        centers: list[torch.Tensor],
-        method: str,
-        norm: str,
-        clip: bool,
-        deadline: float | None,
-    ):
+    def _evaluator(self, prep: _Prepared, method: str, norm: str, clip: bool, deadline: float | None):
         cfg = self.config
-        f0_norm = centers[self.graph.output].reshape(x64.shape[0], -1).norm(dim=1).numpy()
+        x64, f0_norm = prep.x64, prep.f0_norm
         per_pass = {"lipschitz": 1 << 30, "crown": cfg.crown_rows_per_pass}
         rows_per_pass = per_pass.get(method, cfg.rows_per_pass)
 
@@ -161,19 +166,19 @@ class BoundEngine:
                 ball = InputBall(
                     x64[r], torch.as_tensor(radii[s : s + rows_per_pass], dtype=torch.float64), norm, clip
                 )
-                u = self._shift_bound(method, ball, [c[r] for c in centers], deadline).numpy()
+                centers = [] if method == "lipschitz" else [c[r] for c in prep.centers]
+                u = self._shift_bound(method, ball, centers, deadline).numpy()
                 out[s : s + len(r)] = u
             fn = f0_norm[rows]
             return out * (1 + cfg.shift_margin_relative) + cfg.shift_margin_absolute * (1 + fn)
 
         return evaluate
 
-    def _prepare(self, images: np.ndarray, clip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _prepare(self, images: np.ndarray, clip: bool) -> _Prepared:
         x = self._check_images(images, require_box=clip)
-        x64 = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)
-        with torch.no_grad():
-            centers = self.graph.forward_all(x64)
-        return x64, centers
+        # ‖f(x)‖ only scales the fp margin: the served float32 model's value is precise enough
+        f0_norm = np.linalg.norm(self.features(x).astype(np.float64), axis=1)
+        return _Prepared(self.graph, torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64), f0_norm)
 
     def _l_eff(self, norm: str) -> float:
         n = int(np.prod(self.input_shape))
@@ -199,7 +204,8 @@ class BoundEngine:
         if not (relative_tolerance > 0 and np.isfinite(relative_tolerance)):
             raise ValueError("relative_tolerance must be positive and finite")
         rf = np.asarray(feature_radius, dtype=np.float64).reshape(-1)
-        x64, centers = self._prepare(images, clip_to_pixel_box)
+        prep = self._prepare(images, clip_to_pixel_box)
+        x64 = prep.x64
         if rf.shape[0] != x64.shape[0]:
             raise ValueError(f"{x64.shape[0]} images but {rf.shape[0]} feature radii")
         if not np.all(np.isfinite(rf)):
@@ -214,17 +220,17 @@ class BoundEngine:
 
         # Lipschitz: closed form of L·r·(1 + rel) + abs·(1 + ‖f(x)‖₂) < R_F, then verified by the evaluator
         cfg = self.config
-        f0_norm = centers[self.graph.output].reshape(b, -1).norm(dim=1).numpy()
+        f0_norm = prep.f0_norm
         slack = rf - cfg.shift_margin_absolute * (1 + f0_norm)
         r_lip = np.maximum(slack, 0.0) / (self._l_eff(norm) * (1 + cfg.shift_margin_relative)) * (1 - 1e-9)
-        lip_eval = self._evaluator(x64, centers, "lipschitz", norm, clip_to_pixel_box, deadline)
+        lip_eval = self._evaluator(prep, "lipschitz", norm, clip_to_pixel_box, deadline)
         r_lip[(lip_eval(np.arange(b), r_lip) >= rf) | (rf <= 0)] = 0.0
         evals = b
         if method == "lipschitz":
             return RadiusResult(r_lip, ["lipschitz"] * b, evals)
 
         if method != "auto":
-            ev = self._evaluator(x64, centers, method, norm, clip_to_pixel_box, deadline)
+            ev = self._evaluator(prep, method, norm, clip_to_pixel_box, deadline)
             try:
                 res = search_radius(ev, rf, guess, None, scfg, deadline)
             except DeadlineExceeded as exc:
@@ -241,7 +247,7 @@ class BoundEngine:
         for m in plan:
             if deadline is not None and time.monotonic() > deadline:
                 break
-            ev = self._evaluator(x64, centers, m, norm, clip_to_pixel_box, deadline)
+            ev = self._evaluator(prep, m, norm, clip_to_pixel_box, deadline)
             try:
                 res = search_radius(ev, rf, guess, best, scfg, deadline)
             except DeadlineExceeded:
@@ -266,7 +272,8 @@ class BoundEngine:
         """[B, K] sound upper bounds U(r_k) of the feature shift, non-decreasing in r_k."""
         if method not in (*METHODS, "auto"):
             raise ValueError(f"unknown method {method!r}")
-        x64, centers = self._prepare(images, clip_to_pixel_box)
+        prep = self._prepare(images, clip_to_pixel_box)
+        x64 = prep.x64
         b = x64.shape[0]
         radii = np.asarray(image_radii, dtype=np.float64)
         radii = np.broadcast_to(radii.reshape(1, -1) if radii.ndim == 1 else radii, (b, radii.shape[-1]))
@@ -287,7 +294,7 @@ class BoundEngine:
         u = np.full(flat.shape, np.inf)
         for m in methods:
             try:
-                um = self._evaluator(x64, centers, m, norm, clip_to_pixel_box, deadline)(rows, flat)
+                um = self._evaluator(prep, m, norm, clip_to_pixel_box, deadline)(rows, flat)
             except DeadlineExceeded:
                 if method != "auto":
                     raise

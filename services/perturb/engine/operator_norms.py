@@ -2,8 +2,9 @@
 
 A zero-padded conv equals (rows of) a circular conv on a torus big enough that nothing wraps
 around; the circular conv's norm is the largest singular value of the kernel's 2-D DFT over all
-frequencies (Sedghi, Gupta & Long 2019); striding only selects output rows. Dense maps use an exact
-SVD. Every certified value carries a floating-point safety margin.
+frequencies (Sedghi, Gupta & Long 2019); a strided circular conv is a stride-1 one on phase-split
+inputs (polyphase), so striding is bounded exactly, not by the stride-1 norm. Dense maps use an
+exact SVD. Every certified value carries a floating-point safety margin.
 """
 
 from __future__ import annotations
@@ -36,13 +37,35 @@ def conv_circular_norm(weight: torch.Tensor, torus: tuple[int, int]) -> float:
     return float(torch.linalg.svdvals(mats).max())
 
 
+def polyphase_kernel(weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """Kernel [O, I·sh·sw, ⌈kh/sh⌉, ⌈kw/sw⌉] of the stride-1 conv equal to a strided one (phase-split input).
+
+    On a torus whose sides are multiples of the stride, ``x[c, u·sh + p, v·sw + q]`` regrouped as channel
+    (c, p, q) of an (N/sh) x (N/sw) torus turns the strided circular conv into a stride-1 circular conv.
+    """
+    o, i, kh, kw = weight.shape
+    sh, sw = stride
+    kh2, kw2 = -(-kh // sh) * sh, -(-kw // sw) * sw
+    w = torch.nn.functional.pad(weight, (0, kw2 - kw, 0, kh2 - kh))
+    w = w.reshape(o, i, kh2 // sh, sh, kw2 // sw, sw).permute(0, 1, 3, 5, 2, 4)
+    return w.reshape(o, i * sh * sw, kh2 // sh, kw2 // sw)
+
+
 def conv_norm_upper(lmap: Conv2dMap) -> float:
-    """Certified upper bound of a zero-padded, strided conv's ℓ2 norm (no margin)."""
+    """Certified upper bound of a zero-padded, strided conv's ℓ2 norm (no margin).
+
+    The zero-padded conv is a restriction of the strided circular conv on a torus large enough that
+    nothing wraps around (sides rounded up to multiples of the stride); that operator's norm is exact
+    via the polyphase kernel's DFT.
+    """
     _, h, w = lmap.in_shape
     kh, kw = lmap.weight.shape[2:]
     t, left, b, r = lmap.pads
-    torus = (max(h + t + b, kh), max(w + left + r, kw))
-    return conv_circular_norm(lmap.weight, torus)
+    sh, sw = lmap.stride
+    n1 = -(-max(h + t + b, kh) // sh) * sh
+    n2 = -(-max(w + left + r, kw) // sw) * sw
+    kernel = polyphase_kernel(lmap.weight.to(torch.float64), (sh, sw))
+    return conv_circular_norm(kernel, (n1 // sh, n2 // sw))
 
 
 def certified_norm(lmap: LinearMap, margin: NormMargin = NormMargin()) -> float:
