@@ -16,7 +16,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 MODEL ?= models/fmnist-robust.onnx
 RUN_DIR ?= runs/local
 
-.PHONY: help install dataset test lint protos clean up down images pretrain run
+.PHONY: help install dataset test lint protos clean up down images pretrain run bench bench-quick reliability
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,7 +51,19 @@ protos: ## regenerate the checked-in Python stubs (with .pyi) from protos/
 clean: ## remove generated outputs (keeps .venv and models/)
 	rm -rf results .pytest_cache .ruff_cache
 
-pretrain: ## re-train both shipped encoders (about 6-8 min each on an idle 2-core box; `make -j2 pretrain`)
+run: install ## the main job: services on loopback, edge client trains and certifies 500 test inputs
+	$(BIN)/python -m jobs.run $(RUN_ARGS)
+
+bench: install ## SEaaS vs REaaS side by side on both shipped encoders -> results/bench.{md,json,png}
+	$(BIN)/python -m jobs.bench $(BENCH_ARGS)
+
+bench-quick: install ## the reduced bench (a few minutes; CI runs its pieces in tests/jobs)
+	$(BIN)/python -m jobs.bench --quick $(BENCH_ARGS)
+
+reliability: install ## soundness, fuzzing, security, faults, load -> results/reliability.json (QUICK=1 reduced)
+	$(BIN)/python -m reliability --out results/reliability.json $(if $(QUICK),--quick) $(RELIABILITY_ARGS)
+
+pretrain: ## re-train both shipped encoders (about 31 min each, one thread each; `make -j2 pretrain` runs both at once)
 	rm -f models/fmnist-standard.onnx models/fmnist-robust.onnx
 	$(MAKE) models/fmnist-standard.onnx models/fmnist-robust.onnx
 

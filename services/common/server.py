@@ -85,6 +85,27 @@ class ManagedServer:
         return self._stopped.wait(timeout)
 
 
+class DecodingInterceptor(grpc.ServerInterceptor):
+    """Parse unary requests in the handler: undecodable bytes get INVALID_ARGUMENT, not gRPC's INTERNAL."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, inner = handler.request_deserializer, handler.unary_unary
+
+        def decode_then_call(raw: bytes, context):
+            try:
+                request = parse(raw)
+            except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's malformed message
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"request is not a valid {handler_call_details.method} message "
+                              f"({type(exc).__name__})")
+            return inner(request, context)
+
+        return handler._replace(request_deserializer=None, unary_unary=decode_then_call)
+
+
 def _read(path: Path) -> bytes:
     return Path(path).read_bytes()
 
@@ -111,7 +132,7 @@ def build_server(
     max_bytes = config.max_message_mb * 1024 * 1024
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix=f"{service}-rpc"),
-        interceptors=[ApiKeyInterceptor(keys)],
+        interceptors=[ApiKeyInterceptor(keys), DecodingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
