@@ -1,0 +1,123 @@
+"""The bench's row building end to end over real services on a tiny exported CNN encoder.
+
+Checks the row schema, that every query count is exactly what the protocol says (REaaS: 1 per training
+input, 2 per test input or 1 when R_F = 0 skips F2IPerturb, 1 on the one-query path; SEaaS-SC: k per training
+input and n0 + n per test input) and that the ratios are computed from the measured bytes of the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("services.encoder.server")
+pytest.importorskip("services.perturb.server")
+
+from jobs import bench, report  # noqa: E402
+from services.common.model_file import sha256_of  # noqa: E402
+
+TINY = replace(bench.FULL, num_train=200, num_test=3, noise_c=(1.0,), epochs=2, n0=20, n=400,
+               seaas_num_test=2, seaas_num_train=12, seaas_copies=3, seaas_n=300, seaas_epochs=2, ds_n=100,
+               denoiser_num_train=32, denoiser_epochs=1, denoiser_depth=3, denoiser_channels=4,
+               reference_num_train=64, reference_epochs=1, reference_num_test=2, reference_n=200,
+               perturb_method="lipschitz", curve_method="lipschitz", perturb_timeout_s=30.0)
+
+
+def _tiny_encoder(path):
+    """A tiny conv encoder [B, 1, 28, 28] -> [B, 8] exported to ONNX, with a minimal model card."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 13 * 13, 8)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, torch.zeros(1, 1, 28, 28), str(path), input_names=["images"],
+                          output_names=["features"], dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
+                          dynamo=False)
+    path.with_suffix(".json").write_text(json.dumps({"model_sha256": sha256_of(path), "note": "test"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    config = replace(TINY, out=root / "out", cache_dir=root / "cache")
+    model = _tiny_encoder(root / "tiny.onnx")
+    denoiser = bench.client_denoiser(config, log=lambda _: None)
+    rows, curves, raw = bench.encoder_rows("tiny", model, config, denoiser, log=lambda _: None)
+    return config, rows, curves, raw
+
+
+def test_row_schema(built):
+    config, rows, curves, _ = built
+    assert [r["pipeline"] for r in rows] == list(bench.PIPELINES)
+    for row in rows:
+        assert set(bench.COLUMNS) <= row.keys() and row["encoder"] == "tiny"
+    impossible = rows[0]
+    assert all(impossible[c] is None for c in bench.COLUMNS[2:])
+    assert "| SEaaS-BC | tiny | — |" in report.markdown_table([impossible], bench.COLUMNS)
+    for row in rows[1:]:
+        accuracies = [row[report.radius_key(r)] for r in bench.RADII]
+        assert accuracies == sorted(accuracies, reverse=True) and 0 <= row["acr"]
+        assert row["client_seconds_per_test_input"] >= 0 and row["server_seconds_per_test_input"] >= 0
+    assert {r["pipeline"]: r["n_test"] for r in rows[1:]} == {
+        "SEaaS-SC": 2, "SEaaS-DS": 2, "REaaS-BC": 3, "REaaS-SC": 3, "REaaS-SC one-query": 3}
+    assert set(curves) == set(bench.PIPELINES[1:])
+
+
+def test_query_counts_follow_the_protocol(built):
+    config, rows, _, raw = built
+    by_name = {r["pipeline"]: r for r in rows}
+    for name in ("REaaS-BC", "REaaS-SC"):
+        assert by_name[name]["queries_per_train_input"] == 1
+        for row in raw[name]["rows"]:  # F2IPerturb is skipped when the client certified nothing
+            assert row["queries"] == (2 if row["feature_radius"] > 0 else 1)
+    assert all(row["queries"] == 1 for row in raw["REaaS-SC one-query"]["rows"])
+    assert by_name["REaaS-SC one-query"]["queries_per_test_input"] == 1
+    assert by_name["SEaaS-SC"]["queries_per_train_input"] == config.seaas_copies
+    assert all(row["queries"] == config.n0 + config.seaas_n for row in raw["SEaaS-SC"]["rows"])
+    assert by_name["SEaaS-SC"]["queries_per_test_input"] == config.n0 + config.seaas_n
+    assert by_name["SEaaS-DS"]["queries_per_train_input"] == 1
+    assert by_name["SEaaS-DS"]["queries_per_test_input"] == config.n0 + config.ds_n
+
+
+def test_ratios_come_from_measured_bytes(built):
+    _, _, _, raw = built
+    ratios = bench.compare({"robust": raw, "standard": raw})
+    same = ratios["robust"]
+    indices = set(same["test_indices"])
+    assert indices == {int(r["index"]) for r in raw["SEaaS-SC"]["rows"]}
+    reaas = [r for r in raw["REaaS-SC"]["rows"] if int(r["index"]) in indices]
+    seaas = raw["SEaaS-SC"]["rows"]
+    reaas_bytes = sum(r["bytes"] for r in reaas) / len(reaas)
+    seaas_bytes = sum(r["bytes"] for r in seaas) / len(seaas)
+    assert reaas_bytes > 0 and seaas_bytes > 100 * reaas_bytes
+    assert same["bytes_ratio"] == pytest.approx(seaas_bytes / reaas_bytes)
+    assert same["queries_ratio"] == pytest.approx(
+        (TINY.n0 + TINY.seaas_n) / (sum(r["queries"] for r in reaas) / len(reaas)))
+    for key in ("bc", "sc"):  # the same encoder twice: ratio 1, or undefined when its ACR is 0
+        value = ratios[f"robust_over_standard_acr_{key}"]
+        assert value is None or value == pytest.approx(1.0)
+    assert all(line.startswith("- ") for line in bench.ratio_lines(ratios))
+
+
+def test_reference_row(built):
+    config, *_ = built
+    row, (radii, correct) = bench.reference_row(config, log=lambda _: None)
+    assert row["queries_per_test_input"] == 0 and row["bytes_per_test_input"] == 0
+    assert row["n_test"] == config.reference_num_test and len(radii) == len(correct) == row["n_test"]
+    assert math.isclose(row["acr"], report.average_certified_radius(radii, correct))
+
+
+def test_cli_flags_override_the_preset():
+    args = bench.build_parser().parse_args(["--quick", "--num-test", "7", "--noise-c", "0.5,2"])
+    config = bench.config_from_args(args)
+    assert config.num_test == 7 and config.noise_c == (0.5, 2.0) and config.n == bench.QUICK.n
+    assert bench.config_from_args(bench.build_parser().parse_args([])) == bench.FULL
+    assert np.all([f"--{name}" in bench.build_parser().format_help()
+                   for name in ("quick", "seaas-copies", "curve-method", "perturb-method")])
