@@ -259,6 +259,20 @@ class CurveResult:
     methods_used: list[str]
 
 
+@dataclass
+class SemanticAnswer:
+    """F2ISemantic answer per image [N]: certified B and C, the l2-implied parameter radius, methods."""
+
+    brightness: np.ndarray
+    contrast: np.ndarray
+    l2_equivalent: np.ndarray
+    methods_used: list[str]
+
+
+_SEMANTIC = {"brightness": perturb_pb2.BRIGHTNESS, "contrast": perturb_pb2.CONTRAST,
+             "brightness_contrast": perturb_pb2.BRIGHTNESS_CONTRAST}
+
+
 class PerturbClient(_ServiceClient):
     """The F2IPerturb-API: ``f2i(images, feature_radii) -> image radii``, ``curve(images)``."""
 
@@ -290,6 +304,33 @@ class PerturbClient(_ServiceClient):
             radii.extend(response.image_radius)
             methods.extend(_METHOD_NAMES.get(m, str(m)) for m in response.method_used)
         return np.asarray(radii, dtype=np.float64), methods
+
+    def semantic(self, images: np.ndarray, feature_radii: np.ndarray, *, perturbation: str = "brightness",
+                 method: str = "auto", relative_tolerance: float = 0.0,
+                 contrast_per_brightness: float = 0.0) -> SemanticAnswer:
+        """Certified brightness |b| <= B / contrast |c-1| <= C for feature radii R_F [N] (unclipped)."""
+        feature_radii = np.asarray(feature_radii, dtype=np.float64).reshape(-1)
+        if feature_radii.shape[0] != np.asarray(images).shape[0]:
+            raise ValueError(f"{feature_radii.shape[0]} feature radii for {len(images)} images")
+        parts: list[list[float]] = [[], [], []]
+        methods: list[str] = []
+        for start, batch in self._image_batches(images, 32):
+            request = perturb_pb2.F2ISemanticRequest(
+                images=to_proto(batch), feature_radius=feature_radii[start:start + batch.shape[0]].tolist(),
+                perturbation=_SEMANTIC[perturbation], method=_METHODS[method],
+                relative_tolerance=relative_tolerance, model_sha256=self.pin.sha256 or "",
+                contrast_per_brightness=contrast_per_brightness)
+            response = self._call(self._stub.F2ISemantic, request, "F2ISemantic")
+            self.pin.check(response.model_sha256, "Perturb.F2ISemantic")
+            if len(response.brightness) != batch.shape[0]:
+                raise ClientError(f"F2ISemantic: {len(response.brightness)} answers for {batch.shape[0]}")
+            self._count(request, response, batch.shape[0])
+            for out, values in zip(parts, (response.brightness, response.contrast, response.l2_equivalent),
+                                   strict=True):
+                out.extend(values)
+            methods.extend(_METHOD_NAMES.get(m, str(m)) for m in response.method_used)
+        b, c, l2 = (np.asarray(p, dtype=np.float64) for p in parts)
+        return SemanticAnswer(b, c, l2, methods)
 
     def curve(self, images: np.ndarray, *, norm: str = "l2", method: str = "auto", num_radii: int = 0,
               min_radius: float = 0.0, max_radius: float = 0.0, clip_to_pixel_box: bool = False

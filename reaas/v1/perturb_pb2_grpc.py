@@ -45,6 +45,11 @@ class PerturbStub:
                 request_serializer=reaas_dot_v1_dot_perturb__pb2.F2IPerturbCurveRequest.SerializeToString,
                 response_deserializer=reaas_dot_v1_dot_perturb__pb2.F2IPerturbCurveResponse.FromString,
                 _registered_method=True)
+        self.F2ISemantic = channel.unary_unary(
+                '/reaas.v1.Perturb/F2ISemantic',
+                request_serializer=reaas_dot_v1_dot_perturb__pb2.F2ISemanticRequest.SerializeToString,
+                response_deserializer=reaas_dot_v1_dot_perturb__pb2.F2ISemanticResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/reaas.v1.Perturb/GetModelInfo',
                 request_serializer=reaas_dot_v1_dot_common__pb2.GetModelInfoRequest.SerializeToString,
@@ -69,6 +74,14 @@ class PerturbServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def F2ISemantic(self, request, context):
+        """Semantic variant (Semantify-NN): largest verified brightness B / contrast C per image with
+        max over the perturbation set of ||f(x') - f(x)||_2 < R_F.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Same ModelInfo as the Feature-API, for pinning.
         """
@@ -88,6 +101,11 @@ def add_PerturbServicer_to_server(servicer, server):
                     servicer.F2IPerturbCurve,
                     request_deserializer=reaas_dot_v1_dot_perturb__pb2.F2IPerturbCurveRequest.FromString,
                     response_serializer=reaas_dot_v1_dot_perturb__pb2.F2IPerturbCurveResponse.SerializeToString,
+            ),
+            'F2ISemantic': grpc.unary_unary_rpc_method_handler(
+                    servicer.F2ISemantic,
+                    request_deserializer=reaas_dot_v1_dot_perturb__pb2.F2ISemanticRequest.FromString,
+                    response_serializer=reaas_dot_v1_dot_perturb__pb2.F2ISemanticResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -149,6 +167,33 @@ class Perturb:
             '/reaas.v1.Perturb/F2IPerturbCurve',
             reaas_dot_v1_dot_perturb__pb2.F2IPerturbCurveRequest.SerializeToString,
             reaas_dot_v1_dot_perturb__pb2.F2IPerturbCurveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def F2ISemantic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reaas.v1.Perturb/F2ISemantic',
+            reaas_dot_v1_dot_perturb__pb2.F2ISemanticRequest.SerializeToString,
+            reaas_dot_v1_dot_perturb__pb2.F2ISemanticResponse.FromString,
             options,
             channel_credentials,
             insecure,

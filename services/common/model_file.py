@@ -46,6 +46,18 @@ class ModelFile:
         return self.card_float(_LIPSCHITZ_KEYS)
 
     @property
+    def synbench_score(self) -> float:
+        """SynBench score from the card (0.0 when unknown)."""
+        return self.card_float(("synbench_score",))
+
+    @property
+    def synbench_threshold_accuracy(self) -> float:
+        """The threshold accuracy a_t the SynBench score was computed at (0.0 when unknown)."""
+        params = self.card.get("synbench")
+        value = params.get("threshold_accuracy") if isinstance(params, dict) else None
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    @property
     def feature_spread(self) -> float:
         """RMS distance of training features to their mean from the card (0.0 when unknown)."""
         return self.card_float(_SPREAD_KEYS)
@@ -100,4 +112,6 @@ def model_info(
         max_batch_size=max_batch_size,
         execution_provider=execution_provider,
         model_card_json=model.card_json,
+        synbench_score=model.synbench_score,
+        synbench_threshold_accuracy=model.synbench_threshold_accuracy,
     )

@@ -15,6 +15,7 @@ from services.common.server import ManagedServer, build_server
 from services.common.status import InvalidArgument, check_model_pin, require_finite_range
 from services.perturb.cache import CachedEngine
 from services.perturb.engine import BoundEngine, UnsupportedModelError
+from services.perturb.semantic import SemanticCertifier
 
 NORMS = {common_pb2.L2: "l2", common_pb2.LINF: "linf"}
 METHODS = {
@@ -26,6 +27,11 @@ METHODS = {
     common_pb2.CROWN: "crown",
 }
 METHOD_ENUM = {name: enum for enum, name in METHODS.items()}
+SEMANTIC_KINDS = {
+    perturb_pb2.BRIGHTNESS: "brightness",
+    perturb_pb2.CONTRAST: "contrast",
+    perturb_pb2.BRIGHTNESS_CONTRAST: "brightness_contrast",
+}
 DEFAULT_RELATIVE_TOLERANCE = 1e-3
 DEFAULT_NUM_RADII, DEFAULT_MIN_RADIUS, DEFAULT_MAX_RADIUS = 64, 1e-3, 4.0
 
@@ -53,6 +59,18 @@ def feature_radii(values, batch: int) -> np.ndarray:
             "feature_radius", f"entry {bad[0]} is {radii[bad[0]]!r}; must be finite and >= 0"
         )
     return radii
+
+
+def semantic_request(request) -> tuple[str, str, float]:
+    """(perturbation kind, method, contrast_per_brightness) of an F2ISemanticRequest, validated."""
+    if request.perturbation not in SEMANTIC_KINDS:
+        raise InvalidArgument("perturbation", f"unknown SemanticPerturbation {request.perturbation}")
+    method = _method(request.method, "method")
+    if method == "local_lipschitz":
+        raise InvalidArgument("method", "LOCAL_LIPSCHITZ has no semantic variant")
+    ratio = request.contrast_per_brightness
+    ratio = 1.0 if ratio == 0 else require_finite_range("contrast_per_brightness", ratio, 1e-6, 1e6)
+    return SEMANTIC_KINDS[request.perturbation], method, ratio
 
 
 def relative_tolerance(value: float) -> float:
@@ -93,6 +111,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
         self._model, self._engine = model, engine
         self._max_batch_size = max_batch_size
         self._margin_s = deadline_margin_s
+        self._semantic = SemanticCertifier(engine.engine)
 
     def _images(self, request) -> np.ndarray:
         check_model_pin(request.model_sha256, self._model.sha256)
@@ -148,6 +167,25 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
             features=to_proto(features),
             curves=curves,
             method_used=[request.method] * len(images),
+            model_sha256=self._model.sha256,
+        )
+
+    @unary_rpc
+    def F2ISemantic(self, request, call):
+        images = self._images(request)
+        radii_f = feature_radii(request.feature_radius, len(images))
+        kind, method, ratio = semantic_request(request)
+        tolerance = relative_tolerance(request.relative_tolerance)
+        call.charge(len(images))
+        result = self._semantic.certify(
+            images, radii_f, kind, method=method, relative_tolerance=tolerance,
+            contrast_per_brightness=ratio, deadline=call.deadline(self._margin_s),
+        )
+        return perturb_pb2.F2ISemanticResponse(
+            brightness=result.brightness.tolist(),
+            contrast=result.contrast.tolist(),
+            l2_equivalent=result.l2_floor.tolist(),
+            method_used=[METHOD_ENUM[m] for m in result.method_used],
             model_sha256=self._model.sha256,
         )
 
