@@ -48,15 +48,20 @@ class BenchConfig:
     intra_op_threads: int = 0  # 0 = CPU quota
     execution_providers: str = ""  # passed to the server and the raw session
     seed: int = 0
+    # shape of the untrained encoder served without --model (a heavier one shows batching where compute,
+    # not the per-call gRPC cost, dominates)
+    untrained_channels: tuple[int, ...] = (16, 32, 64)
+    untrained_hidden: int = 256
 
 
-def _untrained_model(directory: Path) -> Path:
+def _untrained_model(directory: Path, channels: tuple[int, ...], hidden: int) -> Path:
     import torch
 
     from services.trainer.encoders import EncoderConfig, build_encoder
 
     torch.manual_seed(0)
-    encoder = build_encoder(EncoderConfig()).eval()
+    strides = (1,) + (2,) * (len(channels) - 1)
+    encoder = build_encoder(EncoderConfig(channels=channels, strides=strides, hidden_dim=hidden)).eval()
     path = directory / "untrained-encoder.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -211,7 +216,8 @@ def _served(
 def run(config: BenchConfig) -> dict:
     """All scenarios; returns the report as a dict."""
     with tempfile.TemporaryDirectory() as scratch:
-        model = Path(config.model) if config.model else _untrained_model(Path(scratch))
+        model = (Path(config.model) if config.model
+                 else _untrained_model(Path(scratch), config.untrained_channels, config.untrained_hidden))
         threads = compute_threads(config.intra_op_threads)
         providers = [p for p in config.execution_providers.split(",") if p]
         encoder = OnnxEncoder(model, intra_op_threads=threads, providers=providers)
@@ -240,7 +246,8 @@ def run(config: BenchConfig) -> dict:
         unbatched, _ = _served(model, config, single, config.concurrent_clients, 1, dynamic_batching=False)
     return {
         "config": asdict(config),
-        "model": config.model or "untrained (services.trainer.encoders default shape)",
+        "model": config.model or (f"untrained ConvEncoder, channels {list(config.untrained_channels)}, "
+                                  f"hidden {config.untrained_hidden}"),
         "execution_provider": provider,
         "intra_op_threads": threads,
         "raw_images_per_s": raw,
@@ -288,8 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated ONNX Runtime providers; empty = TensorRT, CUDA, CPU as available",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--untrained-channels", default=",".join(map(str, defaults.untrained_channels)),
+                        help="conv widths of the untrained encoder served without --model")
+    parser.add_argument("--untrained-hidden", type=int, default=defaults.untrained_hidden,
+                        help="hidden width of the untrained encoder served without --model")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = vars(parser.parse_args(argv))
+    args["untrained_channels"] = tuple(int(c) for c in args["untrained_channels"].split(",") if c)
     as_json = args.pop("json")
     report = run(BenchConfig(**args))
     if as_json:
@@ -300,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             f"raw {report['raw_images_per_s']:.0f} img/s, served {report['served_images_per_s']:.0f} img/s "
             f"(served_over_raw {report['served_over_raw']:.2f})"
         )
+        clients = report["concurrent_single_image"]["clients"]
         for name, r in report["concurrent_single_image"].items():
             if isinstance(r, dict):
                 print(
-                    f"64 clients, {name}: {r['images_per_s']:.0f} img/s, p50 {r['p50_ms']:.2f} ms, "
+                    f"{clients} clients, {name}: {r['images_per_s']:.0f} img/s, p50 {r['p50_ms']:.2f} ms, "
                     f"p99 {r['p99_ms']:.2f} ms"
                 )
         print(

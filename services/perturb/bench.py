@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ class BenchConfig:
     attack_restarts: int = 5
     threads: int = 1
     seed: int = 0
+    grpc_methods: tuple[str, ...] = ()  # also time these served over gRPC against in-process (--grpc)
+    grpc_requests: int = 20
 
 
 def _untrained_encoder_onnx(seed: int) -> bytes:
@@ -148,8 +151,30 @@ def run(cfg: BenchConfig) -> dict:
         report["crown_batch_seconds"] = time.perf_counter() - t0
         report["crown_batch_images"] = k
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if cfg.grpc_methods:
+        report["served"] = served_latencies(cfg, x, rf)
     report["config"] = asdict(cfg)
     return report
+
+
+def served_latencies(cfg: BenchConfig, x: np.ndarray, rf: np.ndarray) -> dict:
+    """Served F2IPerturb p50 against in-process, per method, on the first ``grpc_requests`` images."""
+    import tempfile
+
+    from services.perturb.served_bench import measure_served_latency
+
+    with tempfile.TemporaryDirectory(prefix="perturb-bench-") as tmp:
+        model = cfg.model
+        if not model:  # the served process needs a file: write the same untrained encoder
+            model = f"{tmp}/untrained.onnx"
+            with open(model, "wb") as handle:
+                handle.write(_untrained_encoder_onnx(cfg.seed))
+        n = min(cfg.grpc_requests, len(x))
+        out = {}
+        for m in cfg.grpc_methods:
+            out[m] = measure_served_latency(Path(model), x[:n], rf[:n], method=m, threads=cfg.threads)
+            print(f"[bench] served {m}: {out[m]}", file=sys.stderr, flush=True)
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attack-restarts", type=int, default=d.attack_restarts)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--grpc", action="store_true",
+                   help="also time F2IPerturb served over gRPC on loopback against in-process (goal <= 1.2x)")
+    p.add_argument("--grpc-methods", default="lipschitz,crown_ibp,auto", help="methods timed with --grpc")
+    p.add_argument("--grpc-requests", type=int, default=d.grpc_requests, help="requests (1 image) per method")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     cfg = BenchConfig(
@@ -181,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         a.attack_restarts,
         a.threads,
         a.seed,
+        tuple(m for m in a.grpc_methods.split(",") if m) if a.grpc else (),
+        a.grpc_requests,
     )
     report = run(cfg)
     if a.json:

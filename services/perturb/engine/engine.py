@@ -276,7 +276,8 @@ class BoundEngine:
         x64 = prep.x64
         b = x64.shape[0]
         radii = np.asarray(image_radii, dtype=np.float64)
-        radii = np.broadcast_to(radii.reshape(1, -1) if radii.ndim == 1 else radii, (b, radii.shape[-1]))
+        ladder = radii.reshape(1, -1) if radii.ndim == 1 else radii
+        radii = np.array(np.broadcast_to(ladder, (b, radii.shape[-1])))  # a writable copy: torch reads it
         if not np.all(np.isfinite(radii)) or np.any(radii < 0):
             raise ValueError("image_radii must be finite and non-negative")
         if deadline is not None and time.monotonic() > deadline:
