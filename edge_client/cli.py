@@ -19,6 +19,9 @@ from edge_client.metrics import summarize
 from edge_client.mlp import MLP
 from edge_client.runner import CERTIFY_METHODS, CertifyConfig, journal_header, run_certification
 from edge_client.sdk import ClientConfig, ClientError, EncoderClient, ModelPin, PerturbClient
+from edge_client.semantic import KINDS as SEMANTIC_KINDS
+from edge_client.semantic import LEVELS as SEMANTIC_LEVELS
+from edge_client.semantic import run_semantic, summarize_semantic
 from edge_client.smoothing import ABSTAIN, SmoothingConfig, input_rng, predict_features
 from edge_client.training import TrainConfig, noise_sigma, select_noise_scale, train_mlp
 
@@ -111,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--denoiser", type=Path, default=None, help="SEaaS-DS ONNX denoiser")
     certify.add_argument("--journal", type=Path, default=None, help="journal; default <model>.<method>.jsonl")
     certify.add_argument("--summary-out", type=Path, default=None, help="write the summary JSON here too")
+    certify.add_argument("--semantic", default="",
+                         help="also certify brightness and/or contrast ranges from each input's feature "
+                              "radius (comma-separated: brightness,contrast; 1 F2ISemantic query each)")
 
     predict = sub.add_parser("predict", help="predict test inputs (plain MLP or smoothed PREDICT)",
                              formatter_class=fmt)
@@ -239,6 +245,12 @@ def cmd_train(args) -> dict:
 
 def cmd_certify(args) -> dict:
     """Certify the test subset with one method, journaled; prints and returns the summary."""
+    kinds = [k.strip() for k in args.semantic.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(SEMANTIC_KINDS))
+    if unknown:
+        raise SystemExit(f"--semantic: unknown kind(s) {unknown}; choose from {', '.join(SEMANTIC_KINDS)}")
+    if kinds and args.method.startswith("seaas"):
+        raise SystemExit("--semantic needs a feature radius: use it with bc-crown, bc-ibp, sc or sc-curve")
     model = MLP.load(args.model)
     report_path = _report_path(args.model)
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
@@ -271,17 +283,38 @@ def cmd_certify(args) -> dict:
         rows = run_certification(journal, indices, images[indices], labels[indices], model, encoder, perturb,
                                  config, on_row=lambda row: bar.update(1))
         bar.close()
+        semantic = _certify_semantic(args, kinds, rows, images, journal_path, header, perturb)
     summary = summarize(rows, training_inputs=report.get("num_train", 0),
                         training_queries=report.get("training_queries", 0),
                         training_bytes=report.get("training_bytes", 0))
     summary.update({"method": args.method, "journal": str(journal_path), "model_sha256": sha,
                     "noise_c": config.noise_c, "seed": config.seed, "n": config.n, "alpha": config.alpha})
+    if semantic:
+        summary["semantic"] = semantic
     text = json.dumps(summary, indent=2)
     print(text)
     if args.summary_out:
         args.summary_out.parent.mkdir(parents=True, exist_ok=True)
         args.summary_out.write_text(text)
     return summary
+
+
+def _certify_semantic(args, kinds: list[str], rows: list[dict], images: np.ndarray, journal_path: Path,
+                      header: dict, perturb: PerturbClient) -> dict:
+    """Certified brightness / contrast ranges of the certified rows, one journal per kind; summaries."""
+    out = {}
+    by_index = {int(r["index"]): images[int(r["index"])] for r in rows}
+    for kind in kinds:
+        journal = Journal(journal_path.with_name(f"{journal_path.stem}.semantic-{kind}.jsonl"),
+                          {**header, "semantic": kind})
+        bar = _progress(len(rows), f"certify {kind}")
+        bar.update(len(journal.done & set(by_index)))
+        semantic_rows = run_semantic(journal, rows, by_index, perturb, kind,
+                                     l2_unclipped=not args.clip_to_pixel_box,
+                                     on_row=lambda row, bar=bar: bar.update(1))
+        bar.close()
+        out[kind] = summarize_semantic(semantic_rows, SEMANTIC_LEVELS[kind])
+    return out
 
 
 def cmd_predict(args) -> list[dict]:

@@ -116,6 +116,21 @@ class FakePerturb(perturb_pb2_grpc.PerturbServicer):
             features=to_proto(self.state.features(images)), curves=[curve] * images.shape[0],
             method_used=[common_pb2.LIPSCHITZ] * images.shape[0], model_sha256=self.state.sha256)
 
+    def F2ISemantic(self, request, context):
+        """Exact ranges of a linear encoder: R_F / ‖W1‖ (brightness) or R_F / ‖Wx‖ (contrast)."""
+        self.state.enter("F2ISemantic", request, context)
+        images = self.state.images(request.images, context)
+        flat = images.reshape(images.shape[0], -1).astype(np.float64)
+        directions = np.ones_like(flat) if request.perturbation == perturb_pb2.BRIGHTNESS else flat
+        norms = np.linalg.norm(directions @ self.state.weights.T, axis=1)
+        ranges = [float(np.nextafter(rf / n, 0.0))
+                  for rf, n in zip(request.feature_radius, norms, strict=True)]
+        zeros = [0.0] * len(ranges)
+        brightness = request.perturbation == perturb_pb2.BRIGHTNESS
+        return perturb_pb2.F2ISemanticResponse(
+            brightness=ranges if brightness else zeros, contrast=zeros if brightness else ranges,
+            l2_equivalent=zeros, method_used=[common_pb2.CROWN] * len(ranges), model_sha256=self.state.sha256)
+
     def GetModelInfo(self, request, context):
         self.state.enter("Perturb.GetModelInfo", request, context)
         return self.state.info()

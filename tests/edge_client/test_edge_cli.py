@@ -49,7 +49,14 @@ def test_train_certify_resume_predict(tmp_path, capsys):
             summary = json.loads(capsys.readouterr().out)
             assert summary["num_test"] == 4
             assert summary["queries_per_test_input"] <= (1 if method == "sc-curve" else 2)
+        assert main([*certify, "--method", "bc-crown", "--semantic", "brightness,contrast"]) == 0
+        semantic = json.loads(capsys.readouterr().out)["semantic"]
+        assert len(state.calls("F2ISemantic")) <= 8  # 1 query per certified input and kind, no more
+        for kind in ("brightness", "contrast"):
+            assert semantic[kind]["num_test"] == 4
+            assert semantic[kind]["queries_per_test_input"] <= 1
         before = len(state.requests)
+        assert main([*certify, "--method", "bc-crown", "--semantic", "brightness,contrast"]) == 0
         assert main([*certify, "--method", "sc"]) == 0  # resumed: everything already journaled
         assert all(m.endswith("GetModelInfo") for m, _, _ in state.requests[before:])
         capsys.readouterr()
@@ -66,6 +73,14 @@ def test_clear_errors(tmp_path, capsys):
     model = tmp_path / "m.npz"
     assert main(["predict", "--encoder", "127.0.0.1:1", "--model", str(model)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_semantic_needs_a_known_kind_and_a_feature_radius(tmp_path):
+    model = tmp_path / "m.npz"
+    with pytest.raises(SystemExit, match="unknown kind"):
+        main(["certify", "--model", str(model), "--semantic", "hue"])
+    with pytest.raises(SystemExit, match="feature radius"):
+        main(["certify", "--model", str(model), "--method", "seaas-sc", "--semantic", "brightness"])
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs the dataset-fashion-mnist package")

@@ -22,6 +22,7 @@ from edge_client.journal import Journal  # noqa: E402
 from edge_client.mlp import feature_spread, init_mlp  # noqa: E402
 from edge_client.runner import CertifyConfig, journal_header, run_certification  # noqa: E402
 from edge_client.sdk import ClientConfig, EncoderClient, ModelPin, PerturbClient  # noqa: E402
+from edge_client.semantic import LEVELS, run_semantic, summarize_semantic  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +93,41 @@ def test_reaas_paths_against_real_services(services, tmp_path, method):
     for row in rows:
         assert row["radius"] <= row["feature_radius"] / sigma_max
         assert row["queries"] <= (1 if method == "sc-curve" else 2)
+
+
+@pytest.mark.parametrize("kind", ["brightness", "contrast"])
+def test_semantic_certificates_against_the_closed_form(services, tmp_path, kind):
+    """f(x) = W x: f(x + b·1) − f(x) = b·W1 and f(c·x) − f(x) = (c − 1)·Wx, so the exact ranges are
+    R_F / ‖W1‖₂ and R_F / ‖Wx‖₂. The client's semantic rows must not exceed them, come within 1%, never
+    fall under the ℓ2-implied floor, and a resumed run must repeat no query."""
+    weight, enc_target, per_target = services
+    encoder, perturb = _clients(enc_target, per_target)
+    rng = np.random.default_rng(3)
+    images = rng.random((3, 1, 28, 28), dtype=np.float32)
+    features = encoder.encode(rng.random((64, 1, 28, 28), dtype=np.float32))
+    model = init_mlp(6, (16,), 3, features.mean(axis=0), feature_spread(features), rng)
+    labels = model.predict(encoder.encode(images))
+    config = CertifyConfig(method="bc-crown")
+    header = journal_header(config, encoder.pin.sha256, "m")
+    rows = run_certification(Journal(tmp_path / "j.jsonl", header), [0, 1, 2], images, labels, model,
+                             encoder, perturb, config)
+    by_index = {i: images[i] for i in range(3)}
+    journal_path = tmp_path / f"j.{kind}.jsonl"
+    semantic_rows = run_semantic(Journal(journal_path, {**header, "semantic": kind}), rows, by_index,
+                                 perturb, kind, l2_unclipped=True)
+    for row in semantic_rows:
+        x = images[row["index"]].reshape(-1).astype(np.float64)
+        direction = weight @ (np.ones_like(x) if kind == "brightness" else x)
+        exact = row["feature_radius"] / np.linalg.norm(direction)
+        assert row["feature_radius"] > 0 and row["queries"] == 1
+        assert 0.99 * exact <= row["semantic"] <= row["certified"] <= exact, (row, exact)
+        assert row["certified"] >= row["l2_implied"]
+        assert row["l2_implied"] == pytest.approx(row["l2_radius"] / (28.0 if kind == "brightness"
+                                                                      else np.linalg.norm(x)))
+    before = perturb.usage.queries
+    again = run_semantic(Journal(journal_path, {**header, "semantic": kind}), rows, by_index, perturb, kind,
+                         l2_unclipped=True)
+    assert again == semantic_rows and perturb.usage.queries == before
+    summary = summarize_semantic(semantic_rows, LEVELS[kind])
+    assert summary["num_test"] == 3 and summary["queries_per_test_input"] == 1
+    assert summary["median_ratio_over_l2_implied"] >= 1.0
