@@ -16,6 +16,7 @@ SECTIONS = ("security", "fuzz", "faults", "load", "soundness")  # the long one l
 SIZES = {
     "pairs": (1000, 40),
     "crown_pairs": (8, 2),
+    "semantic_pairs": (40, 4),
     "classifier_images": (200, 40),
     "fuzz_cases": (10_000, 1_600),
     "load_clients": (64, 16),
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = soundness.SoundnessSettings(
                 pairs=_size(args, "pairs"),
                 crown_pairs=_size(args, "crown_pairs"),
+                semantic_pairs=_size(args, "semantic_pairs"),
                 classifier_images=_size(args, "classifier_images"),
                 attack=attack,
                 seed=args.seed,
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings = replace(settings, classifier_train_images=2000)
             report["soundness"] = soundness.run(models, settings)
         elif section == "fuzz":
-            per_family = -(-_size(args, "fuzz_cases") // 8)
+            per_family = -(-_size(args, "fuzz_cases") // fuzz.FAMILIES)
             report["fuzz"] = fuzz.run(models[0], args.work_dir, fuzz.FuzzSettings(per_family, seed=args.seed))
         elif section == "security":
             report["security"] = security.run(models[0], args.work_dir)

@@ -57,13 +57,15 @@ PERTURB_METHODS = {
         perturb_pb2.F2IPerturbCurveRequest,
         perturb_pb2.F2IPerturbCurveResponse,
     ),
+    "/reaas.v1.Perturb/F2ISemantic": (perturb_pb2.F2ISemanticRequest, perturb_pb2.F2ISemanticResponse),
     "/reaas.v1.Perturb/GetModelInfo": (common_pb2.GetModelInfoRequest, common_pb2.ModelInfo),
 }
+FAMILIES = 9  # the RPC families run_against explores, each with cases_per_family cases
 
 
 @dataclass(frozen=True)
 class FuzzSettings:
-    """Cases per RPC family (8 families), the per-call deadline and the hypothesis seed."""
+    """Cases per RPC family (FAMILIES of them), the per-call deadline and the hypothesis seed."""
 
     cases_per_family: int = 1250
     timeout_s: float = 3.0
@@ -136,9 +138,8 @@ def encode_requests(draw) -> tuple[str, object]:
     )
 
 
-@st.composite
-def perturb_requests(draw) -> tuple[str, object]:
-    """F2IPerturb with fuzzed images, radii, norm, method, tolerance, pin and clip."""
+def _images_and_radii(draw) -> tuple[common_pb2.Tensor, list[float]]:
+    """Fuzzed images and feature radii: mostly one finite radius per image, sometimes not."""
     images = draw(_images)
     batch = int(images.shape[0]) if len(images.shape) and 0 < images.shape[0] < 8 else 1
     radii = draw(
@@ -148,6 +149,13 @@ def perturb_requests(draw) -> tuple[str, object]:
             st.lists(st.floats(0.0, 10.0), min_size=batch, max_size=batch),
         )
     )
+    return images, radii
+
+
+@st.composite
+def perturb_requests(draw) -> tuple[str, object]:
+    """F2IPerturb with fuzzed images, radii, norm, method, tolerance, pin and clip."""
+    images, radii = _images_and_radii(draw)
     request = perturb_pb2.F2IPerturbRequest(
         images=images,
         feature_radius=radii,
@@ -158,6 +166,22 @@ def perturb_requests(draw) -> tuple[str, object]:
         clip_to_pixel_box=draw(st.booleans()),
     )
     return "/reaas.v1.Perturb/F2IPerturb", request
+
+
+@st.composite
+def semantic_requests(draw) -> tuple[str, object]:
+    """F2ISemantic with fuzzed images, radii, perturbation kind, method, tolerance, pin and box ratio."""
+    images, radii = _images_and_radii(draw)
+    request = perturb_pb2.F2ISemanticRequest(
+        images=images,
+        feature_radius=radii,
+        perturbation=draw(st.one_of(st.sampled_from([0, 1, 2]), _int32)),
+        method=draw(st.one_of(st.sampled_from([0, 1, 1, 1, 2, 3, 4]), _int32)),
+        relative_tolerance=draw(st.one_of(st.just(0.0), st.just(0.05), _floats)),
+        model_sha256=draw(_pin),
+        contrast_per_brightness=draw(st.one_of(st.just(0.0), st.just(1.0), _floats)),
+    )
+    return "/reaas.v1.Perturb/F2ISemantic", request
 
 
 @st.composite
@@ -312,6 +336,7 @@ def run_against(
             ("kserve", kserve_requests(), send(enc)),
             ("f2iperturb", perturb_requests(), send(per)),
             ("f2iperturb_curve", curve_requests(), send(per)),
+            ("f2isemantic", semantic_requests(), send(per)),
             (
                 "encoder_raw_bytes",
                 raw_requests(list(ENCODER_METHODS)),
@@ -333,6 +358,7 @@ def run_against(
                 lambda c: recorder.call(per, c[0], _empty(c[0]), tuple(c[1]), fuzz.timeout_s),
             ),
         ]
+        assert len(plan) == FAMILIES
         for index, (name, strategy, check) in enumerate(plan):
             before, started = recorder.cases, time.perf_counter()
             internal_before = recorder.internal_errors

@@ -1,5 +1,8 @@
 """Soundness under attack: PGD never pushes f(x+δ) farther than R_F inside a certified image radius.
 
+Semantic certificates (brightness x + b·1, contrast c·x) are checked the same way on a dense grid over the
+certified parameter range, refined by a bounded scalar search at the grid's worst point.
+
 For each method the engine returns a radius R for (image, R_F); a PGD attack (random restarts, cosine
 step-size schedule, normalized ℓ2 gradient steps) maximizes ‖f(x+δ) − f(x)‖₂ over ‖δ‖₂ ≤ R (∩ [0, 1] when
 clip_to_pixel_box). A violation is an attack point whose shift reaches R_F, measured in float64 on the bound
@@ -18,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = ("lipschitz", "ibp", "crown_ibp", "crown", "auto")
+METHODS = ("lipschitz", "local_lipschitz", "ibp", "crown_ibp", "crown", "auto")
+SEMANTIC_KINDS = ("brightness", "contrast")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class SoundnessSettings:
     classifier_images: int = 200
     classifier_train_images: int = 5000
     classifier_method: str = "auto"  # F2IPerturb method turning the BC R_F into an image radius
+    semantic_pairs: int = 40  # per kind and encoder: certified brightness / contrast ranges (AUTO)
+    semantic_grid: int = 2001  # parameter values checked per pair, then a bounded refinement at the best
     attack: AttackSettings = field(default_factory=AttackSettings)
     seed: int = 0
 
@@ -221,6 +227,73 @@ def encoder_soundness(
     return report
 
 
+def _shifts_along(engine, x0: np.ndarray, direction: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+    """max(float64 graph, float32 ONNX) of ‖f(x0 + θ·A) − f(x0)‖₂ [M] for parameters θ [M] (unclipped)."""
+    x64 = torch.as_tensor(x0[None], dtype=torch.float64)
+    points = x64 + torch.as_tensor(thetas, dtype=torch.float64).reshape(-1, 1, 1, 1) * torch.as_tensor(
+        direction[None], dtype=torch.float64)
+    with torch.no_grad():
+        exact = (engine.graph.forward(points) - engine.graph.forward(x64)).norm(dim=1).numpy()
+    clean = engine.features(x0[None].astype(np.float32)).astype(np.float64)
+    moved = engine.features(points.numpy().astype(np.float32)).astype(np.float64)
+    served = np.linalg.norm(moved - clean, axis=1)
+    return np.maximum(exact, served)
+
+
+def semantic_soundness(
+    engine,
+    images: np.ndarray,
+    spread: float,
+    settings: SoundnessSettings,
+    log: Callable[[str], None] = print,
+    certify: Callable[[np.ndarray, np.ndarray, str], np.ndarray] | None = None,
+) -> dict:
+    """Brightness / contrast certificates against a dense parameter grid plus a scalar refinement.
+
+    ``certify(images, R_F, kind) -> ranges`` defaults to the semantic certifier's AUTO.
+    """
+    from scipy.optimize import minimize_scalar
+
+    if certify is None:
+        from services.perturb.semantic import SemanticCertifier
+
+        certifier = SemanticCertifier(engine)
+
+        def certify(x, rf, kind):
+            return certifier.certify(x, rf, kind).parameter_radius
+
+    report = {}
+    for k, kind in enumerate(SEMANTIC_KINDS):
+        rows, rf, _ = make_pairs(settings.semantic_pairs, len(images), spread, settings.rf_low,
+                                 settings.rf_high, settings.seed + 100 + k)
+        started = time.perf_counter()
+        ranges = np.concatenate([certify(images[rows[s : s + 8]], rf[s : s + 8], kind)
+                                 for s in range(0, len(rows), 8)]) if len(rows) else np.zeros(0)
+        bound_s = time.perf_counter() - started
+        worst = np.zeros(len(rows))
+        for p, (row, t) in enumerate(zip(rows, ranges, strict=True)):
+            if t <= 0:
+                continue
+            x0 = images[row].astype(np.float64)
+            direction = np.ones_like(x0) if kind == "brightness" else x0
+            t = min(float(t), 1e3)  # a black image's contrast range is unbounded: check a finite part
+            grid = np.linspace(-t, t, settings.semantic_grid)
+            shifts = _shifts_along(engine, x0, direction, grid)
+            best, step = grid[int(np.argmax(shifts))], 2 * t / max(settings.semantic_grid - 1, 1)
+            refined = minimize_scalar(lambda th, x0=x0, d=direction: -_shifts_along(engine, x0, d, [th])[0],
+                                      bounds=(max(-t, best - step), min(t, best + step)), method="bounded")
+            worst[p] = max(float(shifts.max()), -float(refined.fun))
+        row = summarize_pairs(rf, ranges, {"shift_f64": worst, "shift_ort": worst})
+        row.update(bound_seconds=round(bound_s, 2),
+                   attack_seconds=round(time.perf_counter() - started - bound_s, 2),
+                   range_median=row.pop("radius_median"))
+        report[kind] = row
+        log(f"  semantic {kind:<10} pairs {row['pairs']:>4}  violations {row['violations']}  "
+            f"reach max {row['attack_reach']:.3f} median {row['attack_reach_median']:.3f}  "
+            f"bounds {bound_s:.1f} s")
+    return report
+
+
 def classifier_soundness(
     engine,
     images: np.ndarray,
@@ -331,6 +404,8 @@ def run(models: list[Path], settings: SoundnessSettings, log: Callable[[str], No
             "lipschitz_bound_l2": engine.lipschitz_bound_l2,
             "methods": encoder_soundness(engine, images, spread, settings, log),
         }
+        if settings.semantic_pairs > 0:
+            entry["semantic"] = semantic_soundness(engine, images, spread, settings, log)
         if settings.classifier_images > 0:
             entry["classifier"] = classifier_soundness(
                 engine,
@@ -342,7 +417,8 @@ def run(models: list[Path], settings: SoundnessSettings, log: Callable[[str], No
                 log,
             )
         report["encoders"][Path(path).name] = entry
-    rows = [m for e in report["encoders"].values() for m in e["methods"].values()]
+    rows = [m for e in report["encoders"].values() for m in (*e["methods"].values(),
+                                                              *e.get("semantic", {}).values())]
     classifier = [e["classifier"] for e in report["encoders"].values() if "classifier" in e]
     report["soundness_violations"] = sum(r["violations"] for r in rows)
     report["classifier_violations"] = sum(c["violations"] for c in classifier)

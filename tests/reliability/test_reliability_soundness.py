@@ -17,6 +17,7 @@ from reliability.soundness import (
     encoder_soundness,
     feature_spread,
     make_pairs,
+    semantic_soundness,
     step_schedule,
     summarize_pairs,
 )
@@ -67,6 +68,32 @@ def test_no_method_is_beaten_on_a_small_conv_encoder(stand_in_onnx):
         assert row["pairs"] == (2 if method == "crown" else 12)
         assert 0 < row["attack_reach"] < 1, (method, row)
         assert 0 < row["clip_pairs"] < row["pairs"] or method == "crown"
+
+
+def test_semantic_ranges_are_not_beaten_on_a_small_conv_encoder(stand_in_onnx):
+    engine = BoundEngine.from_onnx(stand_in_onnx)
+    _, images, _ = evaluation_images(4)
+    spread = feature_spread(engine.features(images))
+    settings = SoundnessSettings(semantic_pairs=4, semantic_grid=401)
+    report = semantic_soundness(engine, images, spread, settings, log=lambda _: None)
+    assert set(report) == {"brightness", "contrast"}
+    for kind, row in report.items():
+        assert row["pairs"] == 4 and row["violations"] == 0, (kind, row)
+        assert 0.5 < row["attack_reach"] < 1, (kind, row)  # the grid gets close: the bound is tight
+
+
+def test_semantic_grid_catches_a_planted_unsound_range(stand_in_onnx):
+    """Double every certified range: the grid must then find shifts at or past R_F."""
+    from services.perturb.semantic import SemanticCertifier
+
+    engine = BoundEngine.from_onnx(stand_in_onnx)
+    _, images, _ = evaluation_images(3)
+    spread = feature_spread(engine.features(images))
+    certifier = SemanticCertifier(engine)
+    report = semantic_soundness(
+        engine, images, spread, SoundnessSettings(semantic_pairs=3, semantic_grid=401), log=lambda _: None,
+        certify=lambda x, rf, kind: 2.0 * certifier.certify(x, rf, kind).parameter_radius)
+    assert all(row["violations"] > 0 for row in report.values()), report
 
 
 def test_full_classifier_keeps_its_prediction_inside_certified_radii(stand_in_onnx):
