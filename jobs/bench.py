@@ -25,14 +25,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from edge_client.journal import Journal
 from edge_client.metrics import summarize
 from edge_client.runner import CertifyConfig
 from edge_client.seaas_baselines import DenoiserConfig, OnnxDenoiser, export_denoiser_onnx, train_denoiser
+from edge_client.semantic import KINDS as SEMANTIC_KINDS
+from edge_client.semantic import LEVELS as SEMANTIC_LEVELS
+from edge_client.semantic import run_semantic, summarize_semantic
 from edge_client.smoothing import SmoothingConfig
 from edge_client.training import TrainConfig, train_mlp
 from jobs import pipeline, report
 from jobs.reference_cnn import ReferenceConfig, certify_reference, train_reference
-from reaas.datasets import load_fashion_mnist
+from reaas.datasets import LOADERS, DatasetError, DataSource
 
 RADII = tuple(r for r in report.REPORT_RADII if r > 0)
 COLUMNS = ["pipeline", "encoder", "queries_per_train_input", "queries_per_test_input", "bytes_per_test_input",
@@ -43,7 +47,7 @@ REFERENCE = "Reference CNN (white-box SC)"
 PLOTTED = ("SEaaS-SC", "SEaaS-DS", "REaaS-BC", "REaaS-SC")
 PERTURB_METHODS = ("auto", "lipschitz", "local_lipschitz", "ibp", "crown_ibp", "crown")
 CHOICES = {"bc_method": ("bc-crown", "bc-ibp"), "perturb_method": PERTURB_METHODS,
-           "curve_method": PERTURB_METHODS}
+           "curve_method": PERTURB_METHODS, "dataset": tuple(LOADERS)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class BenchConfig:
 
     robust_model: Path = Path("models/fmnist-robust.onnx")
     standard_model: Path = Path("models/fmnist-standard.onnx")
+    dataset: str = "fashion-mnist"  # both encoders must take its images (README: your own CIFAR10/SVHN/STL10)
+    data_root: str = ""  # directory of the dataset's files; empty = the default place
     num_train: int = 60_000  # REaaS and SEaaS-DS training inputs (1 query each)
     num_test: int = 100  # REaaS rows: prefix of the REFERENCE §8 test subset
     noise_c: tuple[float, ...] = (0.5, 1.0, 2.0)  # REaaS-SC sigma_F = c * S / sqrt(d), chosen on validation
@@ -64,8 +70,8 @@ class BenchConfig:
     curve_method: str = "local_lipschitz"  # F2IPerturbCurve bound of the one-query path
     perturb_timeout_s: float = 20.0  # deadline of each call
     image_sigma: float = 0.25  # SEaaS-SC / SEaaS-DS / reference: image-space noise std, pixel units
-    seaas_num_test: int = 3  # SEaaS-SC / SEaaS-DS test inputs (a prefix of the REaaS ones)
-    seaas_num_train: int = 2_000  # SEaaS-SC training images
+    seaas_num_test: int = 50  # SEaaS-SC / SEaaS-DS test inputs (a prefix of the REaaS ones)
+    seaas_num_train: int = 10_000  # SEaaS-SC training images (x seaas_copies queries each)
     seaas_copies: int = 25  # k noisy copies per SEaaS-SC training image (the source uses 25)
     seaas_n: int = 100_000  # SEaaS-SC samples per test input (each one Encode query)
     seaas_epochs: int = 10  # epochs of the SEaaS-SC and SEaaS-DS MLPs
@@ -76,8 +82,9 @@ class BenchConfig:
     denoiser_channels: int = 32
     reference_num_train: int = 20_000
     reference_epochs: int = 3
-    reference_num_test: int = 5
+    reference_num_test: int = 20
     reference_n: int = 100_000
+    semantic_num_test: int = 20  # REaaS-BC inputs whose brightness / contrast ranges F2ISemantic certifies
     seed: int = 0
     out: Path = Path("results")
     cache_dir: Path = Path(".cache/features")
@@ -87,7 +94,8 @@ FULL = BenchConfig()
 QUICK = replace(FULL, num_train=5_000, num_test=20, noise_c=(1.0,), epochs=5, n=10_000, seaas_num_test=1,
                 seaas_num_train=500, seaas_n=100_000, seaas_epochs=5, ds_n=2_000, denoiser_num_train=1_000,
                 denoiser_epochs=2, denoiser_depth=4, denoiser_channels=16, reference_num_train=5_000,
-                reference_epochs=2, reference_num_test=3, reference_n=10_000)
+                reference_epochs=2, reference_num_test=3, reference_n=10_000,
+                semantic_num_test=3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +156,11 @@ def _subset_summary(rows: Sequence[dict], indices: Sequence[int], training: dict
     return summarize([r for r in rows if int(r["index"]) in wanted], **training)
 
 
+def data_source(config: BenchConfig) -> DataSource:
+    """The dataset the bench runs on."""
+    return DataSource(config.dataset, config.data_root or None)
+
+
 def _bar(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="input", leave=False)
 
@@ -155,7 +168,8 @@ def _bar(total: int, desc: str) -> tqdm:
 def _denoiser_path(config: BenchConfig) -> Path:
     """Where the client's DnCNN is kept (keyed by its training configuration; reused by later runs)."""
     key = repr((config.image_sigma, config.denoiser_num_train, config.denoiser_epochs, config.denoiser_depth,
-                config.denoiser_channels, config.seed))
+                config.denoiser_channels, config.seed) + ((config.dataset, config.data_root)
+                                                          if config.dataset != "fashion-mnist" else ()))
     return config.cache_dir / "denoisers" / f"dncnn-{hashlib.sha256(key.encode()).hexdigest()[:12]}.onnx"
 
 
@@ -167,7 +181,7 @@ def client_denoiser(config: BenchConfig, log: Callable[[str], None] = print) -> 
     import torch
 
     torch.set_num_threads(1)
-    images, _ = load_fashion_mnist("train")
+    images, _ = data_source(config).load("train")
     started = time.perf_counter()
     model = train_denoiser(images[:config.denoiser_num_train],
                            DenoiserConfig(sigma=config.image_sigma, depth=config.denoiser_depth,
@@ -190,17 +204,19 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig, denoiser_
     ``raw["same_inputs"]`` the REaaS-SC and SEaaS-SC summaries over exactly the SEaaS test inputs.
     """
     journals = config.out / "journals" / encoder_label
-    reaas_subset = pipeline.test_subset(max(config.num_test, config.seaas_num_test))
-    seaas_subset = pipeline.test_subset(config.seaas_num_test)
+    data = data_source(config)
+    reaas_subset = pipeline.test_subset(max(config.num_test, config.seaas_num_test), data)
+    seaas_subset = pipeline.test_subset(config.seaas_num_test, data)
     base = CertifyConfig(n0=config.n0, n=config.n, alpha=config.alpha, seed=config.seed,
                          perturb_method=config.perturb_method, image_sigma=config.image_sigma)
     raw: dict = {}
     with pipeline.local_services(model, pipeline.scratch_dir(f"reaas-bench-{encoder_label}-")) as endpoints:
         encoder, perturb = pipeline.connect(endpoints, timeout_s=config.perturb_timeout_s)
+        pipeline.check_input_shape(encoder, data)
         started = time.perf_counter()
         downstream = pipeline.train_downstream(encoder, pipeline.DownstreamConfig(
             num_train=config.num_train, noise_c_grid=config.noise_c,
-            train=TrainConfig(epochs=config.epochs, seed=config.seed)), config.cache_dir)
+            train=TrainConfig(epochs=config.epochs, seed=config.seed)), config.cache_dir, data=data)
         log(f"[{encoder_label}] REaaS MLP: {downstream.training_inputs} inputs, noise c = "
             f"{downstream.noise_c:g}, {time.perf_counter() - started:.0f} s")
         methods = {"REaaS-BC": (config.bc_method, base),
@@ -210,36 +226,41 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig, denoiser_
             started = time.perf_counter()
             with _bar(len(reaas_subset[0]), f"{encoder_label} {name}") as bar:
                 rows, summary = pipeline.certify(method, downstream, encoder, perturb, reaas_subset, journals,
-                                                 method_base, on_row=lambda row, bar=bar: bar.update(1))
+                                                 method_base, on_row=lambda row, bar=bar: bar.update(1),
+                                                 data=data)
             raw[name] = {"rows": rows, "summary": summary}
             log(f"[{encoder_label}] {name}: ACR {summary['acr']:.4f}, {time.perf_counter() - started:.0f} s")
+        raw["semantic"] = semantic_certificates(encoder_label, raw["REaaS-BC"]["rows"], reaas_subset, perturb,
+                                                config, journals, not base.clip_to_pixel_box, log)
+        raw["synbench_score"] = encoder.model_info().synbench_score
 
         started = time.perf_counter()
         features, labels, queries, num_bytes = pipeline.noisy_training_features(
             encoder, config.seaas_num_train, config.image_sigma, config.seaas_copies, config.seed,
-            config.cache_dir)
+            config.cache_dir, data)
+        num_classes = downstream.mlp.num_classes
         mlp = train_mlp(features, labels, TrainConfig(epochs=config.seaas_epochs, noise_c=0.0,
-                                                      seed=config.seed), num_classes=10)
+                                                      seed=config.seed), num_classes=num_classes)
         seaas_sc = pipeline.Downstream(mlp, 0.0, 0.0, config.seaas_num_train, queries, num_bytes, [])
         with _bar(len(seaas_subset[0]), f"{encoder_label} SEaaS-SC") as bar:
             rows, summary = pipeline.certify_image_space(
                 "seaas-sc", seaas_sc, encoder, seaas_subset, journals, replace(base, n=config.seaas_n),
-                on_row=lambda row: bar.update(1))
+                on_row=lambda row: bar.update(1), data=data)
         raw["SEaaS-SC"] = {"rows": rows, "summary": summary}
         log(f"[{encoder_label}] SEaaS-SC: ACR {summary['acr']:.4f}, {time.perf_counter() - started:.0f} s")
 
         if denoiser_path is not None:
             started = time.perf_counter()
             clean, clean_labels, queries, num_bytes = pipeline.training_features(encoder, config.num_train,
-                                                                                 config.cache_dir)
+                                                                                 config.cache_dir, data)
             mlp = train_mlp(clean, clean_labels, TrainConfig(epochs=config.seaas_epochs, noise_c=0.0,
-                                                             seed=config.seed), num_classes=10)
+                                                             seed=config.seed), num_classes=num_classes)
             seaas_ds = pipeline.Downstream(mlp, 0.0, 0.0, len(clean_labels), queries, num_bytes, [])
             with _bar(len(seaas_subset[0]), f"{encoder_label} SEaaS-DS") as bar:
                 rows, summary = pipeline.certify_image_space(
                     "seaas-ds", seaas_ds, encoder, seaas_subset, journals,
                     replace(base, n=config.ds_n, denoiser_path=str(denoiser_path)),
-                    on_row=lambda row: bar.update(1), denoiser=OnnxDenoiser(denoiser_path))
+                    on_row=lambda row: bar.update(1), denoiser=OnnxDenoiser(denoiser_path), data=data)
             raw["SEaaS-DS"] = {"rows": rows, "summary": summary}
             log(f"[{encoder_label}] SEaaS-DS: ACR {summary['acr']:.4f}, "
                 f"{time.perf_counter() - started:.0f} s")
@@ -251,6 +272,54 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig, denoiser_
                           "REaaS-SC": _subset_summary(raw["REaaS-SC"]["rows"], seaas_subset[0], training),
                           "SEaaS-SC": raw["SEaaS-SC"]["summary"]}
     return _encoder_table(encoder_label, config, raw), _curves(raw), raw
+
+
+def semantic_certificates(encoder_label: str, bc_rows: Sequence[dict], subset: tuple, perturb,
+                          config: BenchConfig, journals: Path, l2_unclipped: bool,
+                          log: Callable[[str], None] = print) -> dict:
+    """Certified brightness / contrast ranges from the REaaS-BC feature radii of the first inputs, per kind.
+
+    Each kind is journaled next to the ℓ2 rows; the summary sets the semantic certificate beside the range
+    the ℓ2 radius alone implies (B = R/√d, C = R/‖x‖₂).
+    """
+    rows = list(bc_rows)[:config.semantic_num_test]
+    if not rows:
+        return {}
+    images = {int(i): image for i, image in zip(subset[0], subset[1], strict=True)}
+    out = {}
+    for kind in SEMANTIC_KINDS:
+        started = time.perf_counter()
+        header = {"kind": kind, "model_sha256": perturb.pin.sha256 or "",
+                  "feature_radii": [[r["index"], r["feature_radius"]] for r in rows]}
+        tag = hashlib.sha256(repr(sorted(header.items())).encode()).hexdigest()[:10]
+        journal = Journal(journals / f"semantic-{kind}-{tag}.jsonl", header)
+        with _bar(len(rows), f"{encoder_label} semantic {kind}") as bar:
+            kind_rows = run_semantic(journal, rows, images, perturb, kind,
+                                     l2_unclipped=l2_unclipped,
+                                     on_row=lambda row, bar=bar: bar.update(1))
+        out[kind] = {"rows": kind_rows, "summary": summarize_semantic(kind_rows, SEMANTIC_LEVELS[kind])}
+        ratio = out[kind]["summary"]["median_ratio_over_l2_implied"]
+        log(f"[{encoder_label}] semantic {kind}: median certified / l2-implied "
+            f"{'—' if ratio is None else f'{ratio:.3g}'}, {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def semantic_table(raw_by_encoder: dict[str, dict]) -> list[dict]:
+    """One row per encoder and kind: certified accuracy at the levels, semantic and ℓ2-implied."""
+    table = []
+    for label, raw in raw_by_encoder.items():
+        for kind, entry in raw.get("semantic", {}).items():
+            s = entry["summary"]
+            row = {"encoder": label, "kind": kind, "n_test": s["num_test"]}
+            for level in SEMANTIC_LEVELS[kind]:
+                key = f"{level:g}"
+                row[f"certified_{key}"] = s["certified_accuracy"][key]
+                row[f"l2_implied_{key}"] = s["l2_implied_certified_accuracy"][key]
+            row.update(mean_certified=s["mean_certified"], mean_l2_implied=s["mean_l2_implied"],
+                       median_ratio=s["median_ratio_over_l2_implied"],
+                       queries_per_test_input=s["queries_per_test_input"])
+            table.append(row)
+    return table
 
 
 def _encoder_table(encoder_label: str, config: BenchConfig, raw: dict) -> list[dict]:
@@ -285,17 +354,20 @@ def _curves(raw: dict) -> dict:
 
 def reference_row(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[dict, tuple]:
     """The white-box reference: train the CNN on noisy images, certify in image space; (row, curve)."""
-    images, labels = load_fashion_mnist("train")
+    data = data_source(config)
+    images, labels = data.load("train")
     started = time.perf_counter()
     model = train_reference(images[:config.reference_num_train], labels[:config.reference_num_train],
                             ReferenceConfig(sigma=config.image_sigma, epochs=config.reference_epochs,
                                             seed=config.seed))
     log(f"[reference] CNN trained on {config.reference_num_train} noisy images in "
         f"{time.perf_counter() - started:.0f} s")
-    indices, test_images, test_labels = pipeline.test_subset(config.reference_num_test)
+    indices, test_images, test_labels = pipeline.test_subset(config.reference_num_test, data)
     smoothing = SmoothingConfig(sigma=config.image_sigma, n0=config.n0, n=config.reference_n,
                                 alpha=config.alpha)
-    rows = certify_reference(model, indices, test_images, test_labels, smoothing, config.seed)
+    with _bar(len(indices), "reference CNN") as bar:
+        rows = certify_reference(model, indices, test_images, test_labels, smoothing, config.seed,
+                                 on_row=lambda row: bar.update(1))
     summary = summarize(rows, training_inputs=config.reference_num_train)
     note = (f"no service: end-to-end CNN, image sigma {config.image_sigma:g}, n = {config.reference_n:,}, "
             f"{config.reference_epochs} epochs on {config.reference_num_train:,} images")
@@ -338,6 +410,12 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
             out[f"robust_over_standard_acr_{key}_goal_met"] = (
                 robust[name]["summary"]["acr"] >= 10 * standard[name]["summary"]["acr"]
                 and robust[name]["summary"]["acr"] > 0)
+        scores = (robust.get("synbench_score"), standard.get("synbench_score"))
+        if all(isinstance(v, float) and v > 0 for v in scores):
+            out["synbench_score"] = {"robust": scores[0], "standard": scores[1]}
+            out["synbench_ranks_like_acr"] = all(
+                (scores[0] > scores[1]) == (robust[name]["summary"]["acr"] > standard[name]["summary"]["acr"])
+                for name in ("REaaS-BC", "REaaS-SC"))
     return out
 
 
@@ -358,6 +436,11 @@ def ratio_lines(ratios: dict) -> list[str]:
             f"{fmt(r['seaas_sc_bytes_per_test_input'])} (ratio {fmt(r['bytes_ratio'])}, goal >= 1e4: "
             f"{'met' if r['bytes_ratio_goal_met'] else 'NOT met'}); ACR REaaS-SC {fmt(r['reaas_sc_acr'])} vs "
             f"SEaaS-SC {fmt(r['seaas_sc_acr'])} (goal >=: {'met' if r['acr_goal_met'] else 'NOT met'})")
+    if "synbench_score" in ratios:
+        scores = ratios["synbench_score"]
+        lines.append(f"- SynBench score (ModelInfo): robust {fmt(scores['robust'])}, standard "
+                     f"{fmt(scores['standard'])}; ranks the encoders like their REaaS-BC and REaaS-SC ACR: "
+                     f"{'yes' if ratios['synbench_ranks_like_acr'] else 'NO'}")
     for key in ("bc", "sc"):
         if f"robust_over_standard_acr_{key}" in ratios:
             met = ratios[f"robust_over_standard_acr_{key}_goal_met"]
@@ -398,14 +481,18 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(row)
     curves[REFERENCE] = curve
     ratios = compare(raw_by_encoder)
+    semantic = semantic_table(raw_by_encoder)
     wall = time.perf_counter() - started
     table = report.markdown_table(rows, [*COLUMNS, "note"])
+    semantic_md = report.markdown_table(semantic, list(semantic[0])) if semantic else "(no semantic rows)"
     print()
     print(table)
     print()
     print("\n".join(ratio_lines(ratios)))
+    print()
+    print(semantic_md)
     command = "python -m jobs.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    payload = {"rows": rows, "ratios": ratios,
+    payload = {"rows": rows, "ratios": ratios, "semantic": semantic,
                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
                "preset": preset, "command": command.strip(), "wall_seconds": wall,
                "models": {label: {"path": str(encoders[label]), "sha256": raw["model_sha256"],
@@ -415,10 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     markdown = [f"# REaaS bench ({preset})", "",
                 f"`{command.strip()}` — {wall:.0f} s wall", "", table, "",
                 "Ratios (REaaS-SC vs SEaaS-SC on the same test inputs):", "", *ratio_lines(ratios), "",
+                "Semantic certificates (F2ISemantic on the REaaS-BC feature radii; certified accuracy at "
+                "|b| / |c - 1| levels, against the range the l2 radius alone implies):", "", semantic_md, "",
                 "![certified accuracy](bench.png)", ""]
     (config.out / "bench.md").write_text("\n".join(markdown))
     report.plot_certified_accuracy(curves, config.out / "bench.png",
-                                   f"Fashion-MNIST: SEaaS vs REaaS ({config.num_test} / "
+                                   f"{config.dataset}: SEaaS vs REaaS ({config.num_test} / "
                                    f"{config.seaas_num_test} test inputs)")
     print(f"\nwrote {config.out / 'bench.md'}, bench.json and bench.png in {wall:.0f} s")
     return 0
@@ -430,3 +519,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("\ninterrupted: services stopped; re-run to resume from the journals", file=sys.stderr)
         sys.exit(130)
+    except (ValueError, DatasetError) as error:  # bad flags or data: say what is wrong, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -25,7 +25,9 @@ from edge_client.runner import CertifyConfig, certify_one, journal_header, run_c
 from edge_client.sdk import ClientConfig, EncoderClient, ModelPin, PerturbClient
 from edge_client.seaas_baselines import fetch_noisy_training_features
 from edge_client.training import TrainConfig, noise_sigma, select_noise_scale, train_mlp
-from reaas.datasets import evaluation_subset_indices, load_fashion_mnist
+from reaas.datasets import DataSource, evaluation_subset_indices
+
+FASHION_MNIST = DataSource()
 
 
 @dataclass(frozen=True)
@@ -91,37 +93,48 @@ def _first_key(path: Path) -> str:
     raise ValueError(f"no API key in {path}")
 
 
-def training_features(encoder: EncoderClient, num_train: int, cache_dir: Path | None
-                      ) -> tuple[np.ndarray, np.ndarray, int, int]:
+def check_input_shape(encoder: EncoderClient, data: DataSource) -> None:
+    """Refuse a dataset whose images the served encoder cannot take, naming both shapes."""
+    expected = tuple(int(v) for v in encoder.model_info().input_shape)
+    images, _ = data.load("test")
+    if expected and tuple(images.shape[1:]) != expected:
+        raise ValueError(f"the served encoder takes images {list(expected)} but {data.name} images are "
+                         f"{list(images.shape[1:])}: serve an encoder pre-trained for this dataset "
+                         f"(python -m services.trainer --dataset {data.name} ...)")
+
+
+def training_features(encoder: EncoderClient, num_train: int, cache_dir: Path | None,
+                      data: DataSource = FASHION_MNIST) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Clean features [N, D] and labels [N] of the first N training images (1 query each, cached).
 
     Returns (features, labels, queries, bytes); over a cache hit, the queries and bytes it cost to fetch.
     """
-    images, labels = load_fashion_mnist("train")
+    images, labels = data.load("train")
     indices = np.arange(min(num_train, len(labels)))
     before = encoder.usage.snapshot()
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
-    features, cached = fetch_features(encoder, cache, "fashion-mnist", "train", indices, images[indices])
+    features, cached = fetch_features(encoder, cache, data.name, "train", indices, images[indices])
     spent = encoder.usage.since(before)
     queries, num_bytes = spent.queries, spent.bytes
     if cached:  # report what fetching them cost, not the 0 of this re-run
-        key = CacheKey("fashion-mnist", "train", tuple(int(i) for i in indices), encoder.pin.sha256 or "")
+        key = CacheKey(data.name, "train", tuple(int(i) for i in indices), encoder.pin.sha256 or "")
         queries, num_bytes = cache.fetch_cost(key) or (len(indices), 0)
     return features, labels[indices], queries, num_bytes
 
 
 def noisy_training_features(encoder: EncoderClient, num_train: int, sigma: float, copies: int, seed: int,
-                            cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray, int, int]:
+                            cache_dir: Path | None, data: DataSource = FASHION_MNIST
+                            ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """SEaaS-SC training data: features of ``copies`` noisy copies of each of the first N training images.
 
     Every copy is one query. Returns (features [N*copies, D], labels [N*copies], queries, bytes), cached like
     the clean features (a cache hit reports what the fetch cost).
     """
-    images, labels = load_fashion_mnist("train")
+    images, labels = data.load("train")
     indices = np.arange(min(num_train, len(labels)))
     sha = encoder.model_info().model_sha256
     variant = f"noisy-sigma{sigma:g}-k{copies}-seed{seed}"
-    key = CacheKey("fashion-mnist", "train", tuple(int(i) for i in np.repeat(indices, copies)), sha, variant)
+    key = CacheKey(data.name, "train", tuple(int(i) for i in np.repeat(indices, copies)), sha, variant)
     usage = encoder.usage
 
     def fetch() -> np.ndarray:
@@ -142,9 +155,9 @@ def noisy_training_features(encoder: EncoderClient, num_train: int, sigma: float
 
 
 def train_downstream(encoder: EncoderClient, config: DownstreamConfig, cache_dir: Path | None,
-                     progress=None) -> Downstream:
+                     progress=None, data: DataSource = FASHION_MNIST) -> Downstream:
     """Fetch training features (cached), choose c on a validation split, train the MLP on all of them."""
-    features, labels, queries, num_bytes = training_features(encoder, config.num_train, cache_dir)
+    features, labels, queries, num_bytes = training_features(encoder, config.num_train, cache_dir, data)
     indices = np.arange(len(labels))
     subset = np.random.default_rng(config.train.seed).permutation(len(indices))[:config.selection_images]
     if len(config.noise_c_grid) > 1:
@@ -153,24 +166,24 @@ def train_downstream(encoder: EncoderClient, config: DownstreamConfig, cache_dir
     else:
         noise_c, table = float(config.noise_c_grid[0]), []
     train_config = replace(config.train, noise_c=noise_c)
-    mlp = train_mlp(features, labels, train_config, num_classes=10, progress=progress)
+    mlp = train_mlp(features, labels, train_config, num_classes=int(labels.max()) + 1, progress=progress)
     return Downstream(mlp, noise_c, noise_sigma(mlp.spread, mlp.feature_dim, noise_c), len(indices),
                       queries, num_bytes, table)
 
 
-def test_subset(num_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indices, images, labels) of the fixed evaluation subset (REFERENCE §8)."""
-    images, labels = load_fashion_mnist("test")
-    indices = evaluation_subset_indices(num_test)
+def test_subset(num_test: int, data: DataSource = FASHION_MNIST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, images, labels) of the fixed evaluation subset (REFERENCE §8: index ≡ 0 mod 20)."""
+    images, labels = data.load("test")
+    indices = evaluation_subset_indices(num_test, total=len(labels))
     return indices, images[indices], labels[indices]
 
 
 def certify(method: str, downstream: Downstream, encoder: EncoderClient, perturb: PerturbClient,
             subset: tuple[np.ndarray, np.ndarray, np.ndarray], journal_dir: Path, base: CertifyConfig,
-            on_row=None, denoiser=None) -> tuple[list[dict], dict]:
+            on_row=None, denoiser=None, data: DataSource = FASHION_MNIST) -> tuple[list[dict], dict]:
     """Certify the subset with one method, journaled under ``journal_dir``; (rows, summary)."""
     config = replace(base, method=method, noise_c=downstream.noise_c)
-    header = journal_header(config, encoder.pin.sha256 or "", downstream.mlp_sha256)
+    header = journal_header(config, encoder.pin.sha256 or "", downstream.mlp_sha256, data.name)
     tag = hashlib.sha256(repr(sorted(header.items())).encode()).hexdigest()[:10]
     journal = Journal(journal_dir / f"{method}-{tag}.jsonl", header)
     indices, images, labels = subset
@@ -203,7 +216,8 @@ class TimedEncoder:
 
 def certify_image_space(method: str, downstream: Downstream, encoder: EncoderClient,
                         subset: tuple[np.ndarray, np.ndarray, np.ndarray], journal_dir: Path,
-                        base: CertifyConfig, on_row=None, denoiser=None) -> tuple[list[dict], dict]:
+                        base: CertifyConfig, on_row=None, denoiser=None,
+                        data: DataSource = FASHION_MNIST) -> tuple[list[dict], dict]:
     """SEaaS-SC / SEaaS-DS over the subset, journaled; rows split time into service and client seconds.
 
     Like :func:`certify`, but every row also records ``service_seconds`` (waiting on Encode) and
@@ -212,7 +226,7 @@ def certify_image_space(method: str, downstream: Downstream, encoder: EncoderCli
     if not method.startswith("seaas"):
         raise ValueError(f"certify_image_space is for seaas-sc / seaas-ds, got {method!r}")
     config = replace(base, method=method)
-    header = journal_header(config, encoder.pin.sha256 or "", downstream.mlp_sha256)
+    header = journal_header(config, encoder.pin.sha256 or "", downstream.mlp_sha256, data.name)
     tag = hashlib.sha256(repr(sorted(header.items())).encode()).hexdigest()[:10]
     journal = Journal(journal_dir / f"{method}-{tag}.jsonl", header)
     timed = TimedEncoder(encoder)

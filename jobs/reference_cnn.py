@@ -30,20 +30,23 @@ class ReferenceConfig:
     seed: int = 0
 
 
-def build_cnn(config: ReferenceConfig, num_classes: int = 10):
-    """Conv-ReLU-pool x2, then an MLP head: images [B, 1, 28, 28] in [0, 1] -> logits [B, num_classes]."""
+def build_cnn(config: ReferenceConfig, num_classes: int = 10,
+              input_shape: tuple[int, int, int] = (1, 28, 28)):
+    """Conv-ReLU-pool x2, then an MLP head: images [B, C, H, W] in [0, 1] -> logits [B, num_classes]."""
     from torch import nn
 
     c1, c2 = config.channels
+    channels, height, width = input_shape
     return nn.Sequential(
-        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(c2 * 7 * 7, config.hidden), nn.ReLU(), nn.Linear(config.hidden, num_classes))
+        nn.Flatten(), nn.Linear(c2 * (height // 4) * (width // 4), config.hidden), nn.ReLU(),
+        nn.Linear(config.hidden, num_classes))
 
 
 def train_reference(images: np.ndarray, labels: np.ndarray, config: ReferenceConfig = ReferenceConfig(),
                     progress: Callable[[int, float], None] | None = None):
-    """Train the CNN on images [N, 1, 28, 28] with N(0, sigma^2) noise (Adam, cross-entropy); eval mode."""
+    """Train the CNN on images [N, C, H, W] with N(0, sigma^2) noise (Adam, cross-entropy); eval mode."""
     import torch
     import torch.nn.functional as F
 
@@ -52,7 +55,7 @@ def train_reference(images: np.ndarray, labels: np.ndarray, config: ReferenceCon
     gen = torch.Generator().manual_seed(config.seed)
     data = torch.as_tensor(np.asarray(images, dtype=np.float32))
     targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    model = build_cnn(config, int(targets.max()) + 1)
+    model = build_cnn(config, int(targets.max()) + 1, tuple(data.shape[1:]))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     for epoch in range(config.epochs):
         model.train()
@@ -72,7 +75,7 @@ def train_reference(images: np.ndarray, labels: np.ndarray, config: ReferenceCon
 
 
 def torch_classifier(model) -> Callable[[np.ndarray], np.ndarray]:
-    """Base classifier for smoothing: noisy images [b, 1, 28, 28] -> classes [b] (clipped to [0, 1] first)."""
+    """Base classifier for smoothing: noisy images [b, C, H, W] -> classes [b] (clipped to [0, 1] first)."""
     import torch
 
     def classify(noisy: np.ndarray) -> np.ndarray:
@@ -83,17 +86,21 @@ def torch_classifier(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def certify_reference(model, indices: np.ndarray, images: np.ndarray, labels: np.ndarray,
-                      smoothing: SmoothingConfig, seed: int) -> list[dict]:
+                      smoothing: SmoothingConfig, seed: int,
+                      on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """CERTIFY each test image [C, H, W] in image space; rows shaped like the edge client's journal rows."""
     classify = torch_classifier(model)
     clean = classify(np.asarray(images, dtype=np.float32))
+    num_classes = int(model[-1].out_features)
     rows = []
     for k, index in enumerate(indices):
         started = time.perf_counter()
-        prediction, radius = certify(classify, np.asarray(images[k], np.float32), 10, smoothing,
+        prediction, radius = certify(classify, np.asarray(images[k], np.float32), num_classes, smoothing,
                                      input_rng(seed, int(index)))
         seconds = time.perf_counter() - started
         rows.append({"index": int(index), "label": int(labels[k]), "prediction": int(prediction),
                      "clean_prediction": int(clean[k]), "radius": float(radius), "queries": 0, "bytes": 0,
                      "client_seconds": seconds, "service_seconds": 0.0, "seconds": seconds})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from edge_client.runner import CertifyConfig
 from edge_client.training import TrainConfig
 from jobs import pipeline, report
+from reaas.datasets import LOADERS, DatasetError, DataSource
 
 LABELS = {"bc-crown": "REaaS-BC (CROWN)", "bc-ibp": "REaaS-BC (IBP)", "sc": "REaaS-SC",
           "sc-curve": "REaaS-SC one-query"}
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("models/fmnist-robust.onnx"),
                         help="encoder to serve")
+    parser.add_argument("--dataset", default="fashion-mnist", choices=sorted(LOADERS),
+                        help="the encoder must take its images (pre-train one: services.trainer --dataset)")
+    parser.add_argument("--data-root", default=None, help="directory of the dataset's files (your own copy)")
     parser.add_argument("--num-test", type=int, default=500,
                         help="test inputs (prefix of the REFERENCE §8 subset)")
     parser.add_argument("--num-train", type=int, default=60_000, help="training inputs (1 query each)")
@@ -75,22 +79,24 @@ def main(argv: list[str] | None = None) -> int:
         train=TrainConfig(epochs=args.epochs, seed=args.seed))
     base = CertifyConfig(n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                          perturb_method=args.perturb_method)
-    subset = pipeline.test_subset(args.num_test)
+    data = DataSource(args.dataset, args.data_root)
+    subset = pipeline.test_subset(args.num_test, data)
     run_dir = pipeline.scratch_dir("reaas-run-")
     results: dict = {}
     print(f"starting services for {args.model} (run dir {run_dir})", flush=True)
     with pipeline.local_services(args.model, run_dir) as endpoints:
         encoder, perturb = pipeline.connect(endpoints, timeout_s=args.perturb_timeout_s)
+        pipeline.check_input_shape(encoder, data)
         with tqdm(total=downstream_config.train.epochs, desc="training MLP", unit="epoch") as bar:
             downstream = pipeline.train_downstream(encoder, downstream_config, args.cache_dir,
-                                                   progress=lambda epoch, loss: bar.update(1))
+                                                   progress=lambda epoch, loss: bar.update(1), data=data)
         print(f"training: {downstream.training_inputs} inputs, {downstream.training_queries} queries "
               f"(0 when cached), noise c = {downstream.noise_c:g}, sigma_F = {downstream.sigma_f:.4g}")
         for method in methods:
             with tqdm(total=len(subset[0]), desc=LABELS[method], unit="input") as bar:
                 rows, summary = pipeline.certify(method, downstream, encoder, perturb, subset,
                                                  args.out / "journals", base,
-                                                 on_row=lambda row: bar.update(1))
+                                                 on_row=lambda row: bar.update(1), data=data)
                 bar.update(bar.total - bar.n)
             results[method] = {"summary": summary, "rows": rows}
     table_rows = [_table_row(LABELS[m], results[m]["summary"]) for m in methods]
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                "wall_seconds": time.perf_counter() - started}
     report.write_json(args.out / "run.json", payload)
     curves = {LABELS[m]: pipeline.rows_to_curve(results[m]["rows"]) for m in methods}
-    title = f"REaaS on Fashion-MNIST ({args.model.stem}, {len(subset[0])} test inputs)"
+    title = f"REaaS on {args.dataset} ({args.model.stem}, {len(subset[0])} test inputs)"
     report.plot_certified_accuracy(curves, args.out / "run.png", title)
     print(f"\nwrote {args.out / 'run.json'} and {args.out / 'run.png'} in {payload['wall_seconds']:.0f} s")
     return 0
@@ -126,3 +132,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("\ninterrupted: services stopped; re-run to resume from the journals", file=sys.stderr)
         sys.exit(130)
+    except (ValueError, DatasetError) as error:  # bad flags or data: say what is wrong, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

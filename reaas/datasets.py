@@ -8,11 +8,13 @@ the path and saying how to get the data.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +233,30 @@ def evaluation_subset_indices(n: int = 500, stride: int = 20, total: int = 10_00
     if not 1 <= n <= len(indices):
         raise ValueError(f"n must lie in [1, {len(indices)}], got {n}")
     return indices[:n]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset by name and, for the user-provided ones, the directory of its files (no download)."""
+
+    name: str = "fashion-mnist"
+    root: str | None = None  # None: the default place (Fashion-MNIST's Debian package, scikit-learn)
+
+    def __post_init__(self) -> None:
+        if self.name not in LOADERS:
+            raise ValueError(f"unknown dataset {self.name!r}; choose from {sorted(LOADERS)}")
+
+    def load(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """(images [N, C, H, W] float32 in [0, 1], labels [N] int64), read once per process.
+
+        The arrays are shared between callers: treat them as read-only.
+        """
+        return _load_once(self.name, split, self.root)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_once(name: str, split: str, root: str | None) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = load_dataset(name, split, root)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels

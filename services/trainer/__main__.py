@@ -12,12 +12,13 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
+from reaas.datasets import LOADERS
 from services.trainer.augment import AugmentConfig
-from services.trainer.data import load_fashion_mnist, train_val_split
+from services.trainer.data import input_statistics, load_images, train_val_split
 from services.trainer.encoders import EncoderConfig
 from services.trainer.export import (
     export_onnx,
@@ -77,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train-limit", type=int, default=0, help="use only the first N training images (0 = all)"
     )
-    p.add_argument("--data-root", default=None, help="Fashion-MNIST directory (gzipped IDX)")
+    p.add_argument("--dataset", choices=sorted(LOADERS), default="fashion-mnist",
+                   help="training images (labels unused except by RRM's CE term); the encoder's input "
+                        "shape and normalization follow them")
+    p.add_argument("--data-root", default=None,
+                   help="directory of the dataset's files (Fashion-MNIST: the Debian package's, by default; "
+                        "cifar10 / svhn / stl10 / tiny-imagenet: required, your own copy)")
     p.add_argument("--device", default="auto", help="'auto' = the accelerator if any, else cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     p.add_argument("--enc-channels", type=_ints, default=e.channels, help="conv widths, comma-separated")
@@ -144,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ctx = init_distributed(rank, world, resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0))))
     config = config_from_args(args)
-    images, labels = load_fashion_mnist("train", args.data_root)
+    images, labels = load_images(args.dataset, "train", args.data_root)
+    if images.shape[2] != images.shape[3]:
+        raise SystemExit(f"{args.dataset}: the encoder family takes square images, "
+                         f"got {list(images.shape[1:])}")
+    mean, std = input_statistics(args.dataset, images)
+    config = replace(config, encoder=replace(config.encoder, in_channels=int(images.shape[1]),
+                                             image_size=int(images.shape[2]), mean=mean, std=std))
     if args.train_limit:
         images, labels = images[: args.train_limit], labels[: args.train_limit]
     train_part, _ = train_val_split(len(images), args.val_size)
@@ -163,13 +175,15 @@ def _export(args, config: TrainConfig, result, n_images: int, ctx, scale: float)
 
     parity = export_onnx(result.encoder, args.export, seed=config.seed)
     lipschitz, method = certified_lipschitz(args.export)
-    probe = {} if args.skip_probe else probe_onnx(args.export, data_root=args.data_root, threads=args.threads)
+    probe = {} if args.skip_probe else probe_onnx(args.export, data_root=args.data_root, threads=args.threads,
+                                                  dataset=args.dataset)
+    shape = [config.encoder.in_channels, config.encoder.image_size, config.encoder.image_size]
     card = {
-        "input": {"name": "images", "shape": ["batch", 1, 28, 28], "dtype": "float32", "range": [0.0, 1.0]},
+        "input": {"name": "images", "shape": ["batch", *shape], "dtype": "float32", "range": [0.0, 1.0]},
         "output": {"name": "features", "shape": ["batch", config.encoder.feature_dim], "dtype": "float32"},
         "architecture": {"family": "ConvEncoder", **config.encoder.to_dict()},
         "data": {
-            "dataset": "Fashion-MNIST",
+            "dataset": "Fashion-MNIST" if args.dataset == "fashion-mnist" else args.dataset,
             "split": "train",
             "labels_used": config.mode == "rrm" and config.ce_weight > 0,
             "n_images": n_images,

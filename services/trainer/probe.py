@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.trainer.data import load_fashion_mnist
+from reaas.datasets import LOADERS
+from services.trainer.data import load_images
 from services.trainer.spectral import feature_spread
 
 RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -90,7 +91,7 @@ def lipschitz_certified_radii(
 
 
 def onnx_features(path: str, images: torch.Tensor, batch_size: int = 1024, threads: int = 2) -> torch.Tensor:
-    """features [N, D] of images [N, 1, 28, 28] from an ONNX encoder via onnxruntime (CPU)."""
+    """features [N, D] of images [N, C, H, W] from an ONNX encoder via onnxruntime (CPU)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -147,15 +148,17 @@ def probe_features(
     }
 
 
-def probe_onnx(path: str, validation: bool = False, data_root: str | None = None, threads: int = 2) -> dict:
-    """Probe an ONNX encoder on Fashion-MNIST test (or, with ``validation``, train[:50k] -> train[50k:])."""
+def probe_onnx(path: str, validation: bool = False, data_root: str | None = None, threads: int = 2,
+               dataset: str = "fashion-mnist") -> dict:
+    """Probe an ONNX encoder on the test split (or, with ``validation``, the last sixth of train)."""
     t0 = time.perf_counter()
-    images, labels = load_fashion_mnist("train", data_root)
+    images, labels = load_images(dataset, "train", data_root)
     if validation:
-        test_images, test_labels = images[50_000:], labels[50_000:]
-        images, labels = images[:50_000], labels[:50_000]
+        cut = len(images) * 5 // 6  # Fashion-MNIST: train[:50k] -> train[50k:]
+        test_images, test_labels = images[cut:], labels[cut:]
+        images, labels = images[:cut], labels[:cut]
     else:
-        test_images, test_labels = load_fashion_mnist("test", data_root)
+        test_images, test_labels = load_images(dataset, "test", data_root)
     lipschitz, method = certified_lipschitz(path)
     result = probe_features(
         onnx_features(path, images, threads=threads),
@@ -187,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--validation",
         action="store_true",
-        help="fit on train[:50000], evaluate on train[50000:] (model selection; never test)",
+        help="fit on the first five sixths of train, evaluate on the rest (model selection; never test)",
     )
-    parser.add_argument("--data-root", default=None, help="Fashion-MNIST directory (gzipped IDX)")
+    parser.add_argument("--dataset", choices=sorted(LOADERS), default="fashion-mnist")
+    parser.add_argument("--data-root", default=None, help="directory of the dataset's files")
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = probe_onnx(args.model, args.validation, args.data_root, args.threads)
+    result = probe_onnx(args.model, args.validation, args.data_root, args.threads, args.dataset)
     if args.json:
         print(json.dumps(result))
     else:

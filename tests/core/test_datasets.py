@@ -149,3 +149,16 @@ def test_evaluation_subset_is_every_twentieth_test_image():
     assert len(indices) == 500 and indices[0] == 0 and indices[-1] == 9980
     assert np.all(indices % 20 == 0)
     np.testing.assert_array_equal(datasets.evaluation_subset_indices(10), indices[:10])
+
+
+def test_data_source_loads_once_read_only_and_names_unknown_datasets():
+    source = datasets.DataSource("digits")
+    images, labels = source.load("train")
+    again, _ = datasets.DataSource("digits").load("train")
+    assert again is images  # one read per process, shared
+    assert not images.flags.writeable and not labels.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        images[0, 0, 0, 0] = 1.0
+    np.testing.assert_array_equal(images, datasets.load_digits_28("train")[0])
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        datasets.DataSource("imagenet")

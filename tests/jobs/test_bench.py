@@ -26,7 +26,8 @@ TINY = replace(bench.FULL, num_train=200, num_test=3, noise_c=(1.0,), epochs=2, 
                seaas_num_test=2, seaas_num_train=12, seaas_copies=3, seaas_n=300, seaas_epochs=2, ds_n=100,
                denoiser_num_train=32, denoiser_epochs=1, denoiser_depth=3, denoiser_channels=4,
                reference_num_train=64, reference_epochs=1, reference_num_test=2, reference_n=200,
-               perturb_method="lipschitz", curve_method="lipschitz", perturb_timeout_s=30.0)
+               perturb_method="lipschitz", curve_method="lipschitz", perturb_timeout_s=30.0,
+               semantic_num_test=2)
 
 
 def _tiny_encoder(path):
@@ -104,6 +105,21 @@ def test_ratios_come_from_measured_bytes(built):
         value = ratios[f"robust_over_standard_acr_{key}"]
         assert value is None or value == pytest.approx(1.0)
     assert all(line.startswith("- ") for line in bench.ratio_lines(ratios))
+
+
+def test_semantic_rows_cost_one_query_per_certified_input(built):
+    config, _, _, raw = built
+    for kind in ("brightness", "contrast"):
+        rows = raw["semantic"][kind]["rows"]
+        assert [r["index"] for r in rows] == [r["index"] for r in raw["REaaS-BC"]["rows"][:2]]
+        for row in rows:
+            certified = row["prediction"] >= 0 and row["feature_radius"] > 0
+            assert row["queries"] == (1 if certified else 0) and row["semantic"] >= 0
+            assert row["certified"] == max(row["semantic"], row["l2_implied"])  # the l2 rows are unclipped
+    table = bench.semantic_table({"tiny": raw})
+    assert [(r["encoder"], r["kind"], r["n_test"]) for r in table] == [("tiny", "brightness", 2),
+                                                                       ("tiny", "contrast", 2)]
+    assert "synbench_score" not in bench.compare({"robust": raw, "standard": raw})  # the card has none
 
 
 def test_reference_row(built):

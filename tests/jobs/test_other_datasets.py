@@ -1,0 +1,80 @@
+"""The README's recipe for your own CIFAR10 files, end to end on a tiny CIFAR-10 written in its real format.
+
+Pre-train an encoder on the pickles (``services.trainer --dataset cifar10``), then run the main job on it
+(``jobs.run --dataset cifar10``) over real services; a Fashion-MNIST encoder is refused with both shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("services.encoder.server")
+
+from jobs import run  # noqa: E402
+from services.trainer.__main__ import main as train_main  # noqa: E402
+
+ROOT_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def _write_cifar10(root, per_batch: int = 40, test: int = 80) -> None:
+    """CIFAR-10 python pickles: uint8 rows of 3072 (channel-major), labels 0..9."""
+    rng = np.random.default_rng(0)
+    for name in ROOT_FILES:
+        n = test if name == "test_batch" else per_batch
+        labels = rng.integers(0, 10, size=n)
+        # class-dependent colour so that the tiny problem is learnable at all
+        base = (labels[:, None] * 25 + rng.integers(0, 20, size=(n, 3072))).clip(0, 255)
+        batch = {b"data": base.astype(np.uint8), b"labels": labels.tolist()}
+        with open(root / name, "wb") as handle:
+            pickle.dump(batch, handle)
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    data = root / "cifar-10-batches-py"
+    data.mkdir()
+    _write_cifar10(data)
+    model = root / "cifar.onnx"
+    rc = train_main(["--dataset", "cifar10", "--data-root", str(data), "--epochs", "1", "--batch-size", "32",
+                     "--max-steps-per-epoch", "2", "--enc-channels", "4,8", "--enc-strides", "2,2",
+                     "--enc-hidden", "16", "--feature-dim", "8", "--moco-k", "64", "--lam", "0.3",
+                     "--out-dir", str(root / "train"), "--no-progress", "--threads", "1",
+                     "--export", str(model)])
+    assert rc == 0
+    return root, data, model
+
+
+def test_trainer_takes_the_dataset_shape_and_records_it(cifar):
+    _, _, model = cifar
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["input"]["shape"] == ["batch", 3, 32, 32]
+    assert card["data"]["dataset"] == "cifar10" and card["architecture"]["in_channels"] == 3
+    assert 0 < card["architecture"]["std"] and 0 < card["architecture"]["mean"] < 1
+    assert card["linear_probe_accuracy"] is not None and card["lipschitz_bound_l2"] > 0
+
+
+def test_main_job_runs_on_your_own_cifar10(cifar):
+    root, data, model = cifar
+    out = root / "out"
+    assert run.main(["--model", str(model), "--dataset", "cifar10", "--data-root", str(data),
+                     "--num-test", "3", "--num-train", "200", "--epochs", "2", "--noise-c", "1",
+                     "--n0", "20", "--n", "500", "--out", str(out), "--cache-dir", str(root / "cache")]) == 0
+    result = json.loads((out / "run.json").read_text())
+    for method in ("bc-crown", "sc"):
+        summary = result["methods"][method]
+        assert summary["num_test"] == 3 and summary["queries_per_training_input"] == 1
+        assert summary["queries_per_test_input"] <= 2
+    assert (out / "run.png").stat().st_size > 0
+
+
+def test_an_encoder_for_other_images_is_refused_with_both_shapes(cifar):
+    root, data, _ = cifar
+    with pytest.raises(ValueError, match=r"takes images \[1, 28, 28\] but cifar10 images are \[3, 32, 32\]"):
+        run.main(["--model", "models/fmnist-robust.onnx", "--dataset", "cifar10", "--data-root", str(data),
+                  "--num-test", "1", "--out", str(root / "refused"), "--cache-dir", str(root / "cache2")])
