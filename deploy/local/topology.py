@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import socket
 import sys
@@ -48,13 +49,36 @@ class Replica:
         return f"{LOOPBACK}:{self.port}"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default 32768-60999)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def _free_ports(count: int) -> list[int]:
-    """``count`` distinct ports the kernel reports free on loopback right now."""
+    """``count`` distinct ports free on loopback right now, outside the kernel's ephemeral range.
+
+    A replica restarts on its old port (what the fault tests rely on); a port from the ephemeral range
+    could meanwhile be taken as the local end of any outgoing connection, and the restart would fail.
+    """
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10_000, 65_536) if not low <= p <= high]
+    random.SystemRandom().shuffle(candidates)
+    found: list[int] = []
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        for port in candidates:
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            found.append(port)
+            if len(found) == count:
+                return found
+    raise TopologyError(f"no {count} free loopback ports outside {low}-{high}")
 
 
 def _child_env(run_dir: Path) -> dict[str, str]:

@@ -160,3 +160,13 @@ def test_up_serves_through_every_replica_and_down_leaves_nothing(tmp_path):
     assert not list(run_dir.glob("*.pid")) and not (run_dir / "endpoints.json").exists()
     idle = topology("down", run_dir)
     assert idle.returncode == 0 and "nothing was running" in idle.stdout
+
+
+def test_free_ports_avoid_the_ephemeral_range():
+    """A replica restarts on its old port: one from the ephemeral range could meanwhile be the local end of
+    any outgoing connection, and the restart would fail to bind."""
+    from deploy.local.topology import _ephemeral_range, _free_ports
+
+    low, high = _ephemeral_range()
+    ports = _free_ports(6)
+    assert len(set(ports)) == 6 and all(not low <= p <= high and p >= 10_000 for p in ports)
