@@ -107,7 +107,7 @@ def train_denoiser(images: np.ndarray, config: DenoiserConfig = DenoiserConfig()
         raise ValueError("the stability loss needs a differentiable surrogate classifier")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    data = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    data = torch.tensor(np.asarray(images, dtype=np.float32))  # a copy: callers may pass read-only arrays
     model = build_dncnn(data.shape[1], config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     phases = [("mse", config.epochs), ("stability", config.stability_epochs)]

@@ -21,7 +21,7 @@ from edge_client.journal import Journal
 
 KINDS = ("brightness", "contrast")
 # certified-accuracy levels of the summary: brightness |b| and contrast |c - 1|, raw [0, 1] pixel units
-LEVELS = {"brightness": (0.02, 0.05, 0.1, 0.2), "contrast": (0.05, 0.1, 0.2, 0.3)}
+LEVELS = {"brightness": (0.01, 0.02, 0.03, 0.05), "contrast": (0.02, 0.05, 0.1, 0.2)}
 
 
 def l2_implied(image_radius: float, image: np.ndarray, kind: str) -> float:

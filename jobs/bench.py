@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import signal
 import sys
 import time
 import warnings
@@ -35,8 +34,9 @@ from edge_client.semantic import run_semantic, summarize_semantic
 from edge_client.smoothing import SmoothingConfig
 from edge_client.training import TrainConfig, train_mlp
 from jobs import pipeline, report
+from jobs.entry import interrupt_on_sigterm, run_script
 from jobs.reference_cnn import ReferenceConfig, certify_reference, train_reference
-from reaas.datasets import LOADERS, DatasetError, DataSource
+from reaas.datasets import LOADERS, DataSource
 
 RADII = tuple(r for r in report.REPORT_RADII if r > 0)
 COLUMNS = ["pipeline", "encoder", "queries_per_train_input", "queries_per_test_input", "bytes_per_test_input",
@@ -322,6 +322,16 @@ def semantic_table(raw_by_encoder: dict[str, dict]) -> list[dict]:
     return table
 
 
+def semantic_markdown(table: Sequence[dict]) -> str:
+    """One markdown table per perturbation kind (their levels differ)."""
+    parts = []
+    for kind in SEMANTIC_KINDS:
+        rows = [r for r in table if r["kind"] == kind]
+        if rows:
+            parts.append(report.markdown_table(rows, list(rows[0])))
+    return "\n\n".join(parts) or "(no semantic rows)"
+
+
 def _encoder_table(encoder_label: str, config: BenchConfig, raw: dict) -> list[dict]:
     """The six pipeline rows of one encoder, in PIPELINES order."""
     smoothing = f"n0 = {config.n0}, n = {config.n:,}, alpha = {config.alpha:g}"
@@ -353,21 +363,34 @@ def _curves(raw: dict) -> dict:
 
 
 def reference_row(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[dict, tuple]:
-    """The white-box reference: train the CNN on noisy images, certify in image space; (row, curve)."""
+    """The white-box reference: train the CNN on noisy images, certify in image space; (row, curve).
+
+    Rows are journaled like the service pipelines; a resumed run trains the (seeded) CNN again only
+    when some rows are still missing.
+    """
     data = data_source(config)
-    images, labels = data.load("train")
-    started = time.perf_counter()
-    model = train_reference(images[:config.reference_num_train], labels[:config.reference_num_train],
-                            ReferenceConfig(sigma=config.image_sigma, epochs=config.reference_epochs,
-                                            seed=config.seed))
-    log(f"[reference] CNN trained on {config.reference_num_train} noisy images in "
-        f"{time.perf_counter() - started:.0f} s")
     indices, test_images, test_labels = pipeline.test_subset(config.reference_num_test, data)
-    smoothing = SmoothingConfig(sigma=config.image_sigma, n0=config.n0, n=config.reference_n,
-                                alpha=config.alpha)
-    with _bar(len(indices), "reference CNN") as bar:
-        rows = certify_reference(model, indices, test_images, test_labels, smoothing, config.seed,
-                                 on_row=lambda row: bar.update(1))
+    header = {"reference": {k: getattr(config, k) for k in (
+        "dataset", "data_root", "image_sigma", "reference_num_train", "reference_epochs", "n0", "reference_n",
+        "alpha", "seed")}}
+    tag = hashlib.sha256(repr(sorted(header["reference"].items())).encode()).hexdigest()[:10]
+    journal = Journal(config.out / "journals" / f"reference-{tag}.jsonl", header)
+    todo = [k for k, index in enumerate(indices) if int(index) not in journal.done]
+    if todo:
+        images, labels = data.load("train")
+        started = time.perf_counter()
+        model = train_reference(images[:config.reference_num_train], labels[:config.reference_num_train],
+                                ReferenceConfig(sigma=config.image_sigma, epochs=config.reference_epochs,
+                                                seed=config.seed))
+        log(f"[reference] CNN trained on {config.reference_num_train} noisy images in "
+            f"{time.perf_counter() - started:.0f} s")
+        smoothing = SmoothingConfig(sigma=config.image_sigma, n0=config.n0, n=config.reference_n,
+                                    alpha=config.alpha)
+        with _bar(len(todo), "reference CNN") as bar:
+            certify_reference(model, indices[todo], test_images[todo], test_labels[todo], smoothing,
+                              config.seed, on_row=lambda row: (journal.append(row), bar.update(1)))
+    wanted = {int(i) for i in indices}
+    rows = [row for row in journal.rows() if int(row["index"]) in wanted]
     summary = summarize(rows, training_inputs=config.reference_num_train)
     note = (f"no service: end-to-end CNN, image sigma {config.image_sigma:g}, n = {config.reference_n:,}, "
             f"{config.reference_epochs} epochs on {config.reference_num_train:,} images")
@@ -419,6 +442,12 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
     return out
 
 
+def _inputs(indices: Sequence[int]) -> str:
+    """'3 test inputs 0, 20, 40' or, for long lists, '50 test inputs 0, 20, …, 980'."""
+    shown = indices if len(indices) <= 4 else [*indices[:2], "…", indices[-1]]
+    return f"{len(indices)} test inputs {', '.join(str(i) for i in shown)}"
+
+
 def ratio_lines(ratios: dict) -> list[str]:
     """Human-readable lines of :func:`compare`'s output."""
     def fmt(value) -> str:
@@ -426,10 +455,10 @@ def ratio_lines(ratios: dict) -> list[str]:
 
     lines = []
     for label, r in ratios.items():
-        if not isinstance(r, dict):
+        if not (isinstance(r, dict) and "test_indices" in r):  # only the per-encoder comparisons
             continue
         lines.append(
-            f"- {label}: on test inputs {r['test_indices']}: queries per test input REaaS-SC "
+            f"- {label}: on the {_inputs(r['test_indices'])}: queries per test input REaaS-SC "
             f"{fmt(r['reaas_sc_queries_per_test_input'])} vs SEaaS-SC "
             f"{fmt(r['seaas_sc_queries_per_test_input'])} ({fmt(r['queries_ratio'])}x); "
             f"bytes {fmt(r['reaas_sc_bytes_per_test_input'])} vs "
@@ -450,10 +479,6 @@ def ratio_lines(ratios: dict) -> list[str]:
     return lines
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -463,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"model(s) {missing} not found (shipped in models/, or pass --robust-model / "
                          "--standard-model)")
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    interrupt_on_sigterm()
     started = time.perf_counter()
     preset = "full" if config == FULL else "quick" if config == QUICK else "custom"
     print(f"bench ({preset}): {config}", flush=True)
@@ -484,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     semantic = semantic_table(raw_by_encoder)
     wall = time.perf_counter() - started
     table = report.markdown_table(rows, [*COLUMNS, "note"])
-    semantic_md = report.markdown_table(semantic, list(semantic[0])) if semantic else "(no semantic rows)"
+    semantic_md = semantic_markdown(semantic)
     print()
     print(table)
     print()
@@ -514,11 +539,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: services stopped; re-run to resume from the journals", file=sys.stderr)
-        sys.exit(130)
-    except (ValueError, DatasetError) as error:  # bad flags or data: say what is wrong, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

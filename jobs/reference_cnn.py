@@ -53,8 +53,8 @@ def train_reference(images: np.ndarray, labels: np.ndarray, config: ReferenceCon
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    data = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    data = torch.tensor(np.asarray(images, dtype=np.float32))  # a copy: callers may pass read-only arrays
+    targets = torch.tensor(np.asarray(labels, dtype=np.int64))
     model = build_cnn(config, int(targets.max()) + 1, tuple(data.shape[1:]))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     for epoch in range(config.epochs):

@@ -10,8 +10,6 @@ success, failure and Ctrl-C. Re-running resumes from the journals without repeat
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -21,7 +19,8 @@ from tqdm import tqdm
 from edge_client.runner import CertifyConfig
 from edge_client.training import TrainConfig
 from jobs import pipeline, report
-from reaas.datasets import LOADERS, DatasetError, DataSource
+from jobs.entry import interrupt_on_sigterm, run_script
+from reaas.datasets import LOADERS, DataSource
 
 LABELS = {"bc-crown": "REaaS-BC (CROWN)", "bc-ibp": "REaaS-BC (IBP)", "sc": "REaaS-SC",
           "sc-curve": "REaaS-SC one-query"}
@@ -59,10 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the job; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -72,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {sorted(LABELS)}")
     if not args.model.is_file():
         raise SystemExit(f"model {args.model} not found (shipped in models/, or `make pretrain`)")
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    interrupt_on_sigterm()
     started = time.perf_counter()
     downstream_config = pipeline.DownstreamConfig(
         num_train=args.num_train, noise_c_grid=tuple(float(c) for c in args.noise_c.split(",")),
@@ -127,11 +122,4 @@ def _table_row(label: str, summary: dict) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: services stopped; re-run to resume from the journals", file=sys.stderr)
-        sys.exit(130)
-    except (ValueError, DatasetError) as error:  # bad flags or data: say what is wrong, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -105,6 +105,7 @@ def test_ratios_come_from_measured_bytes(built):
         value = ratios[f"robust_over_standard_acr_{key}"]
         assert value is None or value == pytest.approx(1.0)
     assert all(line.startswith("- ") for line in bench.ratio_lines(ratios))
+    assert f"on the {len(indices)} test inputs 0, 20" in bench.ratio_lines(ratios)[0]
 
 
 def test_semantic_rows_cost_one_query_per_certified_input(built):
@@ -120,14 +121,36 @@ def test_semantic_rows_cost_one_query_per_certified_input(built):
     assert [(r["encoder"], r["kind"], r["n_test"]) for r in table] == [("tiny", "brightness", 2),
                                                                        ("tiny", "contrast", 2)]
     assert "synbench_score" not in bench.compare({"robust": raw, "standard": raw})  # the card has none
+    markdown = bench.semantic_markdown(table)
+    assert markdown.count("| encoder | kind |") == 2 and "certified_0.2" in markdown  # contrast's levels
 
 
-def test_reference_row(built):
+def test_reference_row_is_journaled(built):
     config, *_ = built
-    row, (radii, correct) = bench.reference_row(config, log=lambda _: None)
+    logged = []
+    row, (radii, correct) = bench.reference_row(config, log=logged.append)
     assert row["queries_per_test_input"] == 0 and row["bytes_per_test_input"] == 0
     assert row["n_test"] == config.reference_num_test and len(radii) == len(correct) == row["n_test"]
     assert math.isclose(row["acr"], report.average_certified_radius(radii, correct))
+    assert any("CNN trained" in line for line in logged)
+    logged.clear()
+    again, _ = bench.reference_row(config, log=logged.append)  # resumed: nothing trained or certified
+    assert again == row and logged == []
+
+
+def test_synbench_scores_are_compared_with_acr(built):
+    _, _, _, raw = built
+    robust = {**raw, "synbench_score": 2e-3}
+    standard = {**raw, "synbench_score": 6e-6,
+                "REaaS-BC": {"summary": {**raw["REaaS-BC"]["summary"], "acr": 0.0}},
+                "REaaS-SC": {"summary": {**raw["REaaS-SC"]["summary"], "acr": 0.0}}}
+    ratios = bench.compare({"robust": robust, "standard": standard})
+    assert ratios["synbench_score"] == {"robust": 2e-3, "standard": 6e-6}
+    assert ratios["synbench_ranks_like_acr"] == (raw["REaaS-BC"]["summary"]["acr"] > 0
+                                                 and raw["REaaS-SC"]["summary"]["acr"] > 0)
+    lines = bench.ratio_lines(ratios)
+    assert any(line.startswith("- SynBench score") for line in lines)
+    assert sum(line.startswith("- robust: on the ") for line in lines) == 1
 
 
 def test_cli_flags_override_the_preset():
