@@ -77,15 +77,20 @@ def test_sdk_against_real_services(services):
     assert encoder.usage.queries == 5 and perturb.usage.queries == 7
 
 
+def _random_problem(encoder, num_images: int, seed: int):
+    """(test images [N, 1, 28, 28], a random MLP on the served features, its own predictions as labels)."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((num_images, 1, 28, 28), dtype=np.float32)
+    features = encoder.encode(rng.random((64, 1, 28, 28), dtype=np.float32))
+    model = init_mlp(6, (16,), 3, features.mean(axis=0), feature_spread(features), rng)
+    return images, model, model.predict(encoder.encode(images))
+
+
 @pytest.mark.parametrize("method", ["bc-crown", "sc", "sc-curve"])
 def test_reaas_paths_against_real_services(services, tmp_path, method):
     weight, enc_target, per_target = services
     encoder, perturb = _clients(enc_target, per_target)
-    rng = np.random.default_rng(2)
-    images = rng.random((4, 1, 28, 28), dtype=np.float32)
-    features = encoder.encode(rng.random((64, 1, 28, 28), dtype=np.float32))
-    model = init_mlp(6, (16,), 3, features.mean(axis=0), feature_spread(features), rng)
-    labels = model.predict(encoder.encode(images))
+    images, model, labels = _random_problem(encoder, 4, seed=2)
     config = CertifyConfig(method=method, n=2_000, noise_c=0.5)
     journal = Journal(tmp_path / "j.jsonl", journal_header(config, encoder.pin.sha256, "m"))
     rows = run_certification(journal, list(range(4)), images, labels, model, encoder, perturb, config)
@@ -102,11 +107,7 @@ def test_semantic_certificates_against_the_closed_form(services, tmp_path, kind)
     fall under the ℓ2-implied floor, and a resumed run must repeat no query."""
     weight, enc_target, per_target = services
     encoder, perturb = _clients(enc_target, per_target)
-    rng = np.random.default_rng(3)
-    images = rng.random((3, 1, 28, 28), dtype=np.float32)
-    features = encoder.encode(rng.random((64, 1, 28, 28), dtype=np.float32))
-    model = init_mlp(6, (16,), 3, features.mean(axis=0), feature_spread(features), rng)
-    labels = model.predict(encoder.encode(images))
+    images, model, labels = _random_problem(encoder, 3, seed=3)
     config = CertifyConfig(method="bc-crown")
     header = journal_header(config, encoder.pin.sha256, "m")
     rows = run_certification(Journal(tmp_path / "j.jsonl", header), [0, 1, 2], images, labels, model,

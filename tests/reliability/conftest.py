@@ -1,27 +1,14 @@
-"""Fixtures for the reduced reliability suite: a small stand-in encoder and a linear one, single-threaded."""
+"""Fixtures for the reduced reliability suite: a small stand-in encoder and a linear one."""
 
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # the repo is not installed into the venv
-    sys.path.insert(0, str(_ROOT))
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

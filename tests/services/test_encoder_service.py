@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import hashlib
 import json
 import threading
@@ -215,37 +214,11 @@ def test_health_flips_to_not_serving_before_stop(start_server, encoder_config):
     assert code == grpc.StatusCode.UNAVAILABLE
 
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (tmp_path / "cert.pem").write_bytes(cert_pem)
-    (tmp_path / "key.pem").write_bytes(key_pem)
-    return tmp_path / "cert.pem", tmp_path / "key.pem", cert_pem
-
-
 def test_tls_round_trip(tmp_path, encoder_config, cnn_onnx):
-    cert, key, cert_pem = _self_signed(tmp_path)
+    from reliability.security import generate_self_signed
+
+    cert, key = generate_self_signed(tmp_path)  # for 127.0.0.1 and localhost
+    cert_pem = cert.read_bytes()
     server, port = create_server(replace(encoder_config, tls_cert=cert, tls_key=key))
     server.start()
     try:
