@@ -56,6 +56,7 @@ class BenchConfig:
 
     robust_model: Path = Path("models/fmnist-robust.onnx")
     standard_model: Path = Path("models/fmnist-standard.onnx")
+    rocl_model: str = "models/fmnist-rocl.onnx"  # adversarial contrastive baseline; skipped if empty/absent
     dataset: str = "fashion-mnist"  # both encoders must take its images (README: your own CIFAR10/SVHN/STL10)
     data_root: str = ""  # directory of the dataset's files; empty = the default place
     num_train: int = 60_000  # REaaS and SEaaS-DS training inputs (1 query each)
@@ -433,6 +434,10 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
             out[f"robust_over_standard_acr_{key}_goal_met"] = (
                 robust[name]["summary"]["acr"] >= 10 * standard[name]["summary"]["acr"]
                 and robust[name]["summary"]["acr"] > 0)
+        out["robust_over_others"] = {  # e.g. RoCL, the source's other pre-training baseline
+            other: {key: _ratio(robust[name]["summary"]["acr"], raw_by_encoder[other][name]["summary"]["acr"])
+                    for name, key in (("REaaS-BC", "bc"), ("REaaS-SC", "sc"))}
+            for other in sorted(set(raw_by_encoder) - {"robust", "standard"})}
         scores = (robust.get("synbench_score"), standard.get("synbench_score"))
         if all(isinstance(v, float) and v > 0 for v in scores):
             out["synbench_score"] = {"robust": scores[0], "standard": scores[1]}
@@ -470,6 +475,8 @@ def ratio_lines(ratios: dict) -> list[str]:
         lines.append(f"- SynBench score (ModelInfo): robust {fmt(scores['robust'])}, standard "
                      f"{fmt(scores['standard'])}; ranks the encoders like their REaaS-BC and REaaS-SC ACR: "
                      f"{'yes' if ratios['synbench_ranks_like_acr'] else 'NO'}")
+    for other, r in ratios.get("robust_over_others", {}).items():
+        lines.append(f"- robust / {other} ACR: REaaS-BC {fmt(r['bc'])}, REaaS-SC {fmt(r['sc'])}")
     for key in ("bc", "sc"):
         if f"robust_over_standard_acr_{key}" in ratios:
             met = ratios[f"robust_over_standard_acr_{key}_goal_met"]
@@ -488,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"model(s) {missing} not found (shipped in models/, or pass --robust-model / "
                          "--standard-model)")
+    if config.rocl_model and Path(config.rocl_model).is_file():
+        encoders["rocl"] = Path(config.rocl_model)
+    else:
+        print(f"no RoCL encoder at {config.rocl_model!r}: its rows are skipped", flush=True)
     interrupt_on_sigterm()
     started = time.perf_counter()
     preset = "full" if config == FULL else "quick" if config == QUICK else "custom"

@@ -104,6 +104,9 @@ def test_ratios_come_from_measured_bytes(built):
     for key in ("bc", "sc"):  # the same encoder twice: ratio 1, or undefined when its ACR is 0
         value = ratios[f"robust_over_standard_acr_{key}"]
         assert value is None or value == pytest.approx(1.0)
+    assert ratios["robust_over_others"] == {}
+    third = bench.compare({"robust": raw, "standard": raw, "rocl": raw})["robust_over_others"]
+    assert set(third) == {"rocl"} and set(third["rocl"]) == {"bc", "sc"}
     assert all(line.startswith("- ") for line in bench.ratio_lines(ratios))
     assert f"on the {len(indices)} test inputs 0, 20" in bench.ratio_lines(ratios)[0]
 
