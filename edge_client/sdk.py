@@ -1,10 +1,11 @@
 """Client SDK for the Encoder (Feature-API) and Perturb (F2IPerturb-API) services.
 
 Batches are split under the message-size limit and the server's max_batch_size; every attempt has a
-deadline; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with exponential backoff and jitter (all calls
-are idempotent); the API key travels as ``authorization: Bearer <key>`` metadata; queries (images sent)
-and bytes (serialized request + response sizes) are counted; and the model's sha256 is pinned on first
-contact and sent with every request, so features and radii from different encoders are never mixed.
+deadline; UNAVAILABLE, RESOURCE_EXHAUSTED and (server-side) CANCELLED are retried with exponential
+backoff and jitter (all calls are idempotent); the API key travels as ``authorization: Bearer <key>``
+metadata; queries (images sent) and bytes (serialized request + response sizes) are counted; and the
+model's sha256 is pinned on first contact and sent with every request, so features and radii from
+different encoders are never mixed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import numpy as np
 from reaas.tensors import from_proto, to_proto
 from reaas.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, perturb_pb2, perturb_pb2_grpc
 
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Every call is idempotent, so these are retried. CANCELLED too: a blocking call of this client is never
+# cancelled by the client itself, so it means the server cancelled it — a replica stopping (SIGTERM drain
+# past its grace) cancels its in-flight calls (seen in the fault suite when perturb restarts mid-query).
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             grpc.StatusCode.CANCELLED})
 _NORMS = {"l2": common_pb2.L2, "linf": common_pb2.LINF}
 _METHODS = {"auto": common_pb2.AUTO, "lipschitz": common_pb2.LIPSCHITZ, "ibp": common_pb2.IBP,
             "crown_ibp": common_pb2.CROWN_IBP, "crown": common_pb2.CROWN,
@@ -171,7 +176,7 @@ class _ServiceClient:
         self.close()
 
     def _call(self, method: Callable, request, name: str):
-        """One unary call with deadline and retries on UNAVAILABLE / RESOURCE_EXHAUSTED."""
+        """One unary call with deadline and retries on UNAVAILABLE / RESOURCE_EXHAUSTED / CANCELLED."""
         policy = self.config.retry
         for attempt in range(policy.max_attempts):
             try:

@@ -58,7 +58,8 @@ def test_batches_split_under_max_batch_size_and_message_size(fake_target, fake_s
     assert small.usage.queries == 20
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  grpc.StatusCode.CANCELLED])
 def test_retries_with_exponential_backoff_and_jitter(fake_state, fake_target, code):
     fake_state.failures["Encode"] = [code] * 3
     sleeps = _Sleeps()
