@@ -438,13 +438,24 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
             other: {key: _ratio(robust[name]["summary"]["acr"], raw_by_encoder[other][name]["summary"]["acr"])
                     for name, key in (("REaaS-BC", "bc"), ("REaaS-SC", "sc"))}
             for other in sorted(set(raw_by_encoder) - {"robust", "standard"})}
-        scores = (robust.get("synbench_score"), standard.get("synbench_score"))
-        if all(isinstance(v, float) and v > 0 for v in scores):
-            out["synbench_score"] = {"robust": scores[0], "standard": scores[1]}
-            out["synbench_ranks_like_acr"] = all(
-                (scores[0] > scores[1]) == (robust[name]["summary"]["acr"] > standard[name]["summary"]["acr"])
-                for name in ("REaaS-BC", "REaaS-SC"))
+        scores = {label: raw.get("synbench_score") for label, raw in raw_by_encoder.items()}
+        if all(isinstance(v, float) and v > 0 for v in scores.values()):
+            out["synbench_score"] = scores
+            out["synbench_ranks_like_acr"] = synbench_ranks_like_acr(raw_by_encoder)
     return out
+
+
+def synbench_ranks_like_acr(raw_by_encoder: dict[str, dict]) -> bool:
+    """Whether SynBench scores order every pair of encoders as their REaaS-BC and REaaS-SC ACR do."""
+    labels = sorted(raw_by_encoder)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            higher = raw_by_encoder[a]["synbench_score"] > raw_by_encoder[b]["synbench_score"]
+            for name in ("REaaS-BC", "REaaS-SC"):
+                acr_a, acr_b = (raw_by_encoder[x][name]["summary"]["acr"] for x in (a, b))
+                if acr_a != acr_b and higher != (acr_a > acr_b):
+                    return False
+    return True
 
 
 def _inputs(indices: Sequence[int]) -> str:
@@ -472,9 +483,9 @@ def ratio_lines(ratios: dict) -> list[str]:
             f"SEaaS-SC {fmt(r['seaas_sc_acr'])} (goal >=: {'met' if r['acr_goal_met'] else 'NOT met'})")
     if "synbench_score" in ratios:
         scores = ratios["synbench_score"]
-        lines.append(f"- SynBench score (ModelInfo): robust {fmt(scores['robust'])}, standard "
-                     f"{fmt(scores['standard'])}; ranks the encoders like their REaaS-BC and REaaS-SC ACR: "
-                     f"{'yes' if ratios['synbench_ranks_like_acr'] else 'NO'}")
+        shown = ", ".join(f"{label} {fmt(value)}" for label, value in scores.items())
+        lines.append(f"- SynBench score (ModelInfo): {shown}; ranks the encoders like their REaaS-BC and "
+                     f"REaaS-SC ACR: {'yes' if ratios['synbench_ranks_like_acr'] else 'NO'}")
     for other, r in ratios.get("robust_over_others", {}).items():
         lines.append(f"- robust / {other} ACR: REaaS-BC {fmt(r['bc'])}, REaaS-SC {fmt(r['sc'])}")
     for key in ("bc", "sc"):

@@ -143,17 +143,25 @@ def test_reference_row_is_journaled(built):
 
 def test_synbench_scores_are_compared_with_acr(built):
     _, _, _, raw = built
-    robust = {**raw, "synbench_score": 2e-3}
-    standard = {**raw, "synbench_score": 6e-6,
-                "REaaS-BC": {"summary": {**raw["REaaS-BC"]["summary"], "acr": 0.0}},
-                "REaaS-SC": {"summary": {**raw["REaaS-SC"]["summary"], "acr": 0.0}}}
-    ratios = bench.compare({"robust": robust, "standard": standard})
-    assert ratios["synbench_score"] == {"robust": 2e-3, "standard": 6e-6}
-    assert ratios["synbench_ranks_like_acr"] == (raw["REaaS-BC"]["summary"]["acr"] > 0
-                                                 and raw["REaaS-SC"]["summary"]["acr"] > 0)
+
+    def encoder(score: float, acr_bc: float, acr_sc: float) -> dict:
+        return {**raw, "synbench_score": score,
+                "REaaS-BC": {**raw["REaaS-BC"], "summary": {**raw["REaaS-BC"]["summary"], "acr": acr_bc}},
+                "REaaS-SC": {**raw["REaaS-SC"], "summary": {**raw["REaaS-SC"]["summary"], "acr": acr_sc}}}
+
+    ranked = {"robust": encoder(2e-3, 0.3, 0.9), "standard": encoder(6e-6, 0.001, 0.003),
+              "rocl": encoder(9e-6, 0.002, 0.004)}
+    ratios = bench.compare(ranked)
+    assert ratios["synbench_score"] == {"robust": 2e-3, "standard": 6e-6, "rocl": 9e-6}
+    assert ratios["synbench_ranks_like_acr"] is True
     lines = bench.ratio_lines(ratios)
-    assert any(line.startswith("- SynBench score") for line in lines)
+    assert any(line.startswith("- SynBench score") and "rocl 9e-06" in line for line in lines)
     assert sum(line.startswith("- robust: on the ") for line in lines) == 1
+    assert any(line.startswith("- robust / rocl ACR") for line in lines)
+    swapped = {**ranked, "rocl": encoder(5e-6, 0.002, 0.004)}  # scored below standard, certifies more
+    assert bench.compare(swapped)["synbench_ranks_like_acr"] is False
+    tied = {**ranked, "rocl": encoder(5e-6, 0.001, 0.003)}  # equal ACR: no order to contradict
+    assert bench.compare(tied)["synbench_ranks_like_acr"] is True
 
 
 def test_cli_flags_override_the_preset():
