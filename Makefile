@@ -63,7 +63,7 @@ bench-quick: install ## the reduced bench (a few minutes; CI runs its pieces in 
 reliability: install ## soundness, fuzzing, security, faults, load -> results/reliability.json (QUICK=1 reduced)
 	$(BIN)/python -m reliability --out results/reliability.json $(if $(QUICK),--quick) $(RELIABILITY_ARGS)
 
-pretrain: ## re-train the shipped encoders (31 min each, RoCL ~2.6x longer, one thread each; `make -j3 pretrain`)
+pretrain: ## re-train the shipped encoders (one thread each: ~31 min standard/robust, ~46 min RoCL; `make -j2 pretrain` runs two at a time)
 	rm -f models/fmnist-standard.onnx models/fmnist-robust.onnx models/fmnist-rocl.onnx
 	$(MAKE) models/fmnist-standard.onnx models/fmnist-robust.onnx models/fmnist-rocl.onnx
 

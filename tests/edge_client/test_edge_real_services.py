@@ -6,9 +6,6 @@ radius R_F is R_F / ||W||_2; every answer must be at most that (sound) and close
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import numpy as np
 import pytest
 
@@ -16,7 +13,8 @@ torch = pytest.importorskip("torch")
 encoder_server = pytest.importorskip("services.encoder.server")
 perturb_server = pytest.importorskip("services.perturb.server")
 config_mod = pytest.importorskip("services.common.config")
-model_file = pytest.importorskip("services.common.model_file")
+
+from onnx_helpers import export_encoder, linear_encoder  # noqa: E402
 
 from edge_client.journal import Journal  # noqa: E402
 from edge_client.mlp import feature_spread, init_mlp  # noqa: E402
@@ -29,17 +27,8 @@ from edge_client.semantic import LEVELS, run_semantic, summarize_semantic  # noq
 def services(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     weight = np.random.default_rng(1).normal(size=(6, 784)).astype(np.float32) / 28.0
-    layer = torch.nn.Linear(784, 6, bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(weight))
-    path = root / "lin.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), layer).eval(), torch.zeros(1, 1, 28, 28),
-                          str(path), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "B"}, "features": {0: "B"}}, dynamo=False)
-    card = {"model_sha256": model_file.sha256_of(path), "lipschitz_bound_l2": 3.5, "feature_spread": 0.7}
-    path.with_suffix(".json").write_text(json.dumps(card))
+    card = {"lipschitz_bound_l2": 3.5, "feature_spread": 0.7}
+    path = export_encoder(linear_encoder(weight), root / "lin.onnx", card)
     keys = root / "keys.txt"
     keys.write_text("edge k3y-edge\n")
     common = {"model_path": path, "port": 0, "bind_address": "127.0.0.1", "api_key_file": keys,

@@ -7,9 +7,7 @@ input and n0 + n per test input) and that the ratios are computed from the measu
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -19,8 +17,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("services.encoder.server")
 pytest.importorskip("services.perturb.server")
 
+from onnx_helpers import export_encoder  # noqa: E402
+
 from jobs import bench, report  # noqa: E402
-from services.common.model_file import sha256_of  # noqa: E402
 
 TINY = replace(bench.FULL, num_train=200, num_test=3, noise_c=(1.0,), epochs=2, n0=20, n=400,
                seaas_num_test=2, seaas_num_train=12, seaas_copies=3, seaas_n=300, seaas_epochs=2, ds_n=100,
@@ -35,13 +34,7 @@ def _tiny_encoder(path):
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
                                  torch.nn.Linear(4 * 13 * 13, 8)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, torch.zeros(1, 1, 28, 28), str(path), input_names=["images"],
-                          output_names=["features"], dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-                          dynamo=False)
-    path.with_suffix(".json").write_text(json.dumps({"model_sha256": sha256_of(path), "note": "test"}))
-    return path
+    return export_encoder(module, path, {"note": "test"})
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from onnx_helpers import export_encoder, linear_encoder
 
 
 @pytest.fixture(scope="session")
@@ -28,22 +26,4 @@ def linear_weight() -> np.ndarray:
 @pytest.fixture(scope="session")
 def linear_onnx(tmp_path_factory, linear_weight) -> Path:
     """The linear encoder as ONNX with a model card."""
-    from services.common.model_file import sha256_of
-
-    layer = torch.nn.Linear(784, 6, bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(linear_weight))
-    path = tmp_path_factory.mktemp("models") / "linear.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            torch.nn.Sequential(torch.nn.Flatten(), layer).eval(),
-            (torch.zeros(1, 1, 28, 28),),
-            str(path),
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-            dynamo=False,
-        )
-    path.with_suffix(".json").write_text(json.dumps({"model_sha256": sha256_of(path)}))
-    return path
+    return export_encoder(linear_encoder(linear_weight), tmp_path_factory.mktemp("models") / "linear.onnx")

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import grpc
 import numpy as np
 import pytest
-import torch
+from onnx_helpers import export_encoder
 from semantic_nets import SIDE, conv_net, images
 
 from edge_client.sdk import ClientConfig, PerturbClient
 from reaas.tensors import to_proto
 from reaas.v1 import common_pb2, perturb_pb2, perturb_pb2_grpc
 from services.common.config import PerturbConfig
-from services.common.model_file import sha256_of
 from services.perturb.engine import BoundEngine
 from services.perturb.semantic import SemanticCertifier
 from services.perturb.server import create_server
@@ -25,13 +21,8 @@ from services.perturb.server import create_server
 def served(tmp_path_factory):
     """A perturb server on 127.0.0.1:0 serving the tiny conv net, with SynBench fields in its card."""
     path = tmp_path_factory.mktemp("models") / "sem.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(conv_net(0), torch.zeros(1, 1, SIDE, SIDE), str(path), input_names=["images"],
-                          output_names=["features"], dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-                          dynamo=False)
-    card = {"model_sha256": sha256_of(path), "synbench_score": 0.25, "synbench": {"threshold_accuracy": 0.7}}
-    path.with_suffix(".json").write_text(json.dumps(card))
+    card = {"synbench_score": 0.25, "synbench": {"threshold_accuracy": 0.7}}
+    export_encoder(conv_net(0), path, card, input_shape=(1, SIDE, SIDE))
     config = PerturbConfig(model_path=path, port=0, bind_address="127.0.0.1", insecure_no_auth=True,
                            worker_threads=2)
     server, port = create_server(config)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,28 +9,12 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from onnx_helpers import export_encoder, linear_encoder
 from service_helpers import KEYS
 
 from services.common.config import EncoderConfig, PerturbConfig, ServerConfig
-from services.common.model_file import sha256_of
 
-
-def _export(module: torch.nn.Module, path: Path) -> Path:
-    module.eval()
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            torch.zeros(1, 1, 28, 28),
-            str(path),
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-            dynamo=False,
-        )
-    card = {"model_sha256": sha256_of(path), "lipschitz_bound_l2": 3.5, "feature_spread": 0.7, "note": "test"}
-    path.with_suffix(".json").write_text(json.dumps(card))
-    return path
+_TEST_CARD = {"lipschitz_bound_l2": 3.5, "feature_spread": 0.7, "note": "test"}
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +32,7 @@ def cnn_module() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def cnn_onnx(tmp_path_factory, cnn_module) -> Path:
     """The tiny conv encoder as ONNX, with a model card beside it."""
-    return _export(cnn_module, tmp_path_factory.mktemp("models") / "tiny-cnn.onnx")
+    return export_encoder(cnn_module, tmp_path_factory.mktemp("models") / "tiny-cnn.onnx", _TEST_CARD)
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +44,8 @@ def linear_weight() -> np.ndarray:
 @pytest.fixture(scope="session")
 def linear_onnx(tmp_path_factory, linear_weight) -> Path:
     """The linear encoder f(x) = W flatten(x) as ONNX."""
-    layer = torch.nn.Linear(784, 6, bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(linear_weight))
-    encoder = torch.nn.Sequential(torch.nn.Flatten(), layer)
-    return _export(encoder, tmp_path_factory.mktemp("models") / "lin.onnx")
+    path = tmp_path_factory.mktemp("models") / "lin.onnx"
+    return export_encoder(linear_encoder(linear_weight), path, _TEST_CARD)
 
 
 @pytest.fixture(scope="session")
