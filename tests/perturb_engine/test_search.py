@@ -37,6 +37,36 @@ def test_search_finds_threshold_and_only_returns_verified(k):
     assert out.evaluations == len(seen)
 
 
+@pytest.mark.parametrize("seed_over_truth", [1.0, 1e-3, 0.5, 0.9995, 1.5, 1e3])
+def test_seeded_search_verifies_its_seed_and_settles_fast_when_it_is_right(seed_over_truth):
+    slopes = np.array([0.5, 3.0])
+    evaluate, seen = _recording(lambda rows, r: slopes[rows] * r + 0.1 * (slopes[rows] * r) ** 2)
+    rf = np.array([1.0, 2.0])
+    truth = (-1 + np.sqrt(1 + 0.4 * rf)) / (0.2 * slopes)
+    seed = truth * seed_over_truth / (1 + 2e-4)  # a hair under: an exact seed is a verified radius
+    out = search_radius(evaluate, rf, guess=rf / slopes, cfg=SearchConfig(radii_per_round=2), seed=seed)
+    assert out.finished
+    assert np.all(out.radius <= truth) and np.all(out.radius >= truth / (1 + 1e-3))
+    verified = {(i, r) for i, r, u in seen if u < rf[i]}
+    assert all((i, r) in verified for i, r in enumerate(out.radius))  # a wrong seed is never trusted
+    if seed_over_truth == 1.0:
+        assert out.evaluations == 4  # seed and seed·(1 + tol), one round
+
+
+def test_engine_crown_seeded_by_crown_ibp_matches_the_unseeded_search(tmp_path, monkeypatch):
+    from services.perturb.engine import engine as engine_mod
+
+    eng, _ = engine_for("plain", 0, tmp_path)
+    x, rf = images(3, 0), np.array([0.05, 0.2, 1.0])
+    seeded = eng.image_radius(x, rf, method="crown")
+    monkeypatch.setattr(engine_mod, "SEED_METHOD", {})
+    plain = eng.image_radius(x, rf, method="crown")
+    assert seeded.method_used == ["crown"] * 3
+    np.testing.assert_allclose(seeded.image_radius, plain.image_radius, rtol=2e-3)
+    u = eng.curve(x, seeded.image_radius[:, None], method="crown")[:, 0]  # CROWN itself verifies it
+    assert np.all(u < rf)
+
+
 def test_search_is_sound_for_a_non_monotone_bound():
     def bumpy(rows, r):
         return r + np.where((r > 0.3) & (r < 0.35), 10.0, 0.0)

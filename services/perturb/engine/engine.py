@@ -29,6 +29,8 @@ from services.perturb.engine.operator_norms import NormMargin, with_margin
 from services.perturb.engine.search import SearchConfig, search_radius
 
 METHODS = ("lipschitz", "local_lipschitz", "ibp", "crown_ibp", "crown")
+# an explicit method whose search starts from a cheaper method's radius (a guess it verifies itself)
+SEED_METHOD = {"crown": "crown_ibp"}
 
 
 @dataclass(frozen=True)
@@ -232,12 +234,17 @@ class BoundEngine:
         if method != "auto":
             ev = self._evaluator(prep, method, norm, clip_to_pixel_box, deadline)
             try:
-                res = search_radius(ev, rf, guess, None, scfg, deadline)
+                seed, seed_evals = None, 0
+                if method in SEED_METHOD:  # a cheap method's radius, re-verified by this one, saves rounds
+                    cheap = self._evaluator(prep, SEED_METHOD[method], norm, clip_to_pixel_box, deadline)
+                    seeded = search_radius(cheap, rf, guess, None, scfg, deadline)
+                    seed, seed_evals = seeded.radius, seeded.evaluations
+                res = search_radius(ev, rf, guess, None, scfg, deadline, seed=seed)
             except DeadlineExceeded as exc:
                 raise DeadlineExceeded(f"{method} search ran past the deadline") from exc
             if not res.finished and deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"{method} search ran past the deadline")
-            return RadiusResult(res.radius, [method] * b, res.evaluations)
+            return RadiusResult(res.radius, [method] * b, res.evaluations + seed_evals)
 
         best, used = r_lip.copy(), ["lipschitz"] * b
         plan = ["local_lipschitz", "crown_ibp"]

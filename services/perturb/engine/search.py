@@ -94,8 +94,14 @@ def search_radius(
     known_lower: np.ndarray | None = None,
     cfg: SearchConfig = SearchConfig(),
     deadline: float | None = None,
+    seed: np.ndarray | None = None,
 ) -> SearchOutcome:
-    """Largest verified r per image; ``known_lower`` radii count as verified (by another sound bound)."""
+    """Largest verified r per image; ``known_lower`` radii count as verified (by another sound bound).
+
+    ``seed`` radii (e.g. a cheaper method's answer) are *not* trusted: the first round probes each
+    seed s and s·(1 + tol) with this evaluator, which settles the search in one round when the
+    answer lies between them, and brackets it otherwise.
+    """
     b = feature_radius.shape[0]
     lo = np.zeros(b) if known_lower is None else known_lower.astype(np.float64).copy()
     hi = np.full(b, np.inf)
@@ -115,6 +121,11 @@ def search_radius(
             return SearchOutcome(lo, evaluations, False)
         rows, radii = [], []
         for i in todo:
+            if first[i] and seed is not None and seed[i] > lo[i] and math.isinf(hi[i]):
+                rows.append(np.full(2, i))
+                radii.append(seed[i] * np.array([1.0, 1.0 + 0.999 * tol]))
+                first[i] = False
+                continue
             cand = _candidates(
                 lo[i],
                 hi[i],
