@@ -7,6 +7,7 @@ resumed run repeats no queries and writes no duplicate rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,15 @@ class Journal:
             self._load()
         else:
             self._write_line({"header": self.header}, mode="w")
+
+    @classmethod
+    def keyed(cls, directory: str | os.PathLike, prefix: str, header: dict[str, Any]) -> Journal:
+        """The journal of this configuration: ``<directory>/<prefix>-<10 hex of the header's sha256>.jsonl``.
+
+        Another configuration gets a file of its own (and resumes it later) instead of a refusal.
+        """
+        tag = hashlib.sha256(repr(sorted(header.items())).encode()).hexdigest()[:10]
+        return cls(Path(directory) / f"{prefix}-{tag}.jsonl", header)
 
     def _load(self) -> None:
         raw = self.path.read_bytes()

@@ -292,8 +292,7 @@ def semantic_certificates(encoder_label: str, bc_rows: Sequence[dict], subset: t
         started = time.perf_counter()
         header = {"kind": kind, "model_sha256": perturb.pin.sha256 or "",
                   "feature_radii": [[r["index"], r["feature_radius"]] for r in rows]}
-        tag = hashlib.sha256(repr(sorted(header.items())).encode()).hexdigest()[:10]
-        journal = Journal(journals / f"semantic-{kind}-{tag}.jsonl", header)
+        journal = Journal.keyed(journals, f"semantic-{kind}", header)
         with _bar(len(rows), f"{encoder_label} semantic {kind}") as bar:
             kind_rows = run_semantic(journal, rows, images, perturb, kind,
                                      l2_unclipped=l2_unclipped,
@@ -374,8 +373,7 @@ def reference_row(config: BenchConfig, log: Callable[[str], None] = print) -> tu
     header = {"reference": {k: getattr(config, k) for k in (
         "dataset", "data_root", "image_sigma", "reference_num_train", "reference_epochs", "n0", "reference_n",
         "alpha", "seed")}}
-    tag = hashlib.sha256(repr(sorted(header["reference"].items())).encode()).hexdigest()[:10]
-    journal = Journal(config.out / "journals" / f"reference-{tag}.jsonl", header)
+    journal = Journal.keyed(config.out / "journals", "reference", header)
     todo = [k for k, index in enumerate(indices) if int(index) not in journal.done]
     if todo:
         images, labels = data.load("train")

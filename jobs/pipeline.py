@@ -184,8 +184,7 @@ def certify(method: str, downstream: Downstream, encoder: EncoderClient, perturb
     """Certify the subset with one method, journaled under ``journal_dir``; (rows, summary)."""
     config = replace(base, method=method, noise_c=downstream.noise_c)
     header = journal_header(config, encoder.pin.sha256 or "", downstream.mlp_sha256, data.name)
-    tag = hashlib.sha256(repr(sorted(header.items())).encode()).hexdigest()[:10]
-    journal = Journal(journal_dir / f"{method}-{tag}.jsonl", header)
+    journal = Journal.keyed(journal_dir, method, header)
     indices, images, labels = subset
     rows = run_certification(journal, indices, images, labels, downstream.mlp, encoder, perturb, config,
                              on_row=on_row, denoiser=denoiser)
@@ -227,8 +226,7 @@ def certify_image_space(method: str, downstream: Downstream, encoder: EncoderCli
         raise ValueError(f"certify_image_space is for seaas-sc / seaas-ds, got {method!r}")
     config = replace(base, method=method)
     header = journal_header(config, encoder.pin.sha256 or "", downstream.mlp_sha256, data.name)
-    tag = hashlib.sha256(repr(sorted(header.items())).encode()).hexdigest()[:10]
-    journal = Journal(journal_dir / f"{method}-{tag}.jsonl", header)
+    journal = Journal.keyed(journal_dir, method, header)
     timed = TimedEncoder(encoder)
     indices, images, labels = subset
     done = journal.done

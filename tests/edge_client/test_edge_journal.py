@@ -113,3 +113,12 @@ def test_a_longer_prefix_reuses_the_rows_of_a_shorter_run(tmp_path):
         assert again == short[:2]
     finally:
         server.stop(None)
+
+
+def test_keyed_journals_resume_their_own_configuration(tmp_path):
+    first = Journal.keyed(tmp_path, "sc", {"n": 100, "sigma": 0.5})
+    first.append({"index": 3, "radius": 0.1})
+    again = Journal.keyed(tmp_path, "sc", {"sigma": 0.5, "n": 100})  # key order does not matter
+    assert again.path == first.path and again.done == {3}
+    other = Journal.keyed(tmp_path, "sc", {"n": 200, "sigma": 0.5})
+    assert other.path != first.path and other.done == set() and other.path.name.startswith("sc-")
