@@ -422,7 +422,7 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
             "bytes_ratio_goal_met": bytes_ratio is not None and bytes_ratio >= 1e4,
             "reaas_sc_acr": reaas["acr"], "seaas_sc_acr": seaas["acr"],
             "acr_ratio_reaas_over_seaas": _ratio(reaas["acr"], seaas["acr"]),
-            "acr_goal_met": reaas["acr"] >= seaas["acr"],
+            "acr_goal_met": reaas["acr"] >= seaas["acr"] and reaas["acr"] > 0,  # 0 vs 0 certifies nothing
         }
     if {"robust", "standard"} <= raw_by_encoder.keys():
         robust, standard = raw_by_encoder["robust"], raw_by_encoder["standard"]

@@ -39,20 +39,38 @@ def percentile_ms(latencies_s: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(latencies_s) * 1000, q)) if latencies_s else 0.0
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid`` from /proc (0 when it is gone)."""
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` from /proc; None when it cannot be read (process gone, no VmRSS)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+                value = int(line.split()[1]) * 1024
+                return value if value > 0 else None
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return None
 
 
-def memory_growth(at_half: dict[str, int], at_end: dict[str, int]) -> dict[str, float]:
-    """Relative RSS growth per replica between the two samples."""
-    return {name: (at_end[name] - at_half[name]) / at_half[name] for name in at_half if at_half[name] > 0}
+def memory_growth(at_half: dict[str, int | None], at_end: dict[str, int | None]) -> dict[str, float | None]:
+    """Relative RSS growth per replica between the two samples; None (unmeasured) where either sample is
+    missing, unreadable or 0: a replica whose memory could not be read has not passed the growth check."""
+    growth: dict[str, float | None] = {}
+    for name in at_half.keys() | at_end.keys():
+        half, end = at_half.get(name), at_end.get(name)
+        measured = half is not None and end is not None and half > 0 and end > 0
+        growth[name] = (end - half) / half if measured else None
+    return growth
+
+
+def max_growth(growth: dict[str, float | None]) -> float | None:
+    """The largest growth, or None (unmeasured) when there is none or any replica's is unmeasured."""
+    if not growth or any(g is None for g in growth.values()):
+        return None
+    return max(growth.values())
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else round(value / 2**20, 1)
 
 
 def _loopback_only(target: str) -> None:
@@ -111,7 +129,8 @@ def drive(
         thread.join(settings.seconds + settings.timeout_s + 30)
     wall = time.perf_counter() - wall
     ok = codes.get("OK", 0)
-    growth = memory_growth(memory.get("half", {}), memory.get("end", {}))
+    growth = memory_growth(memory.get("half", dict.fromkeys(pids)), memory.get("end", dict.fromkeys(pids)))
+    largest = max_growth(growth)
     return {
         "clients": settings.clients,
         "seconds": round(wall, 1),
@@ -121,9 +140,12 @@ def drive(
         "p50_ms": round(percentile_ms(latencies, 50), 2),
         "p99_ms": round(percentile_ms(latencies, 99), 2),
         "calls_per_s": round(ok / max(wall, 1e-9), 1),
-        "rss_mib": {k: {n: round(v / 2**20, 1) for n, v in m.items()} for k, m in memory.items()},
-        "memory_growth_half_to_end": {n: round(g, 4) for n, g in growth.items()},
-        "max_memory_growth": round(max(growth.values(), default=0.0), 4),
+        "rss_mib": {k: {n: _mib(v) for n, v in m.items()} for k, m in memory.items()},
+        "memory_growth_half_to_end": {
+            n: None if g is None else round(g, 4) for n, g in sorted(growth.items())
+        },
+        "memory_unmeasured": sorted(n for n, g in growth.items() if g is None),
+        "max_memory_growth": None if largest is None else round(largest, 4),  # None: not a pass
     }
 
 
@@ -165,10 +187,19 @@ def run(model: Path, work_dir: Path, settings: LoadSettings, log: Callable[[str]
             log(
                 f"  load {service}: {got['calls']} calls, errors {got['load_errors']}, "
                 f"p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms, "
-                f"memory growth {got['max_memory_growth']:.2%}"
+                + (
+                    f"memory growth UNMEASURED (no RSS for {got['memory_unmeasured'] or 'any replica'})"
+                    if got["max_memory_growth"] is None
+                    else f"memory growth {got['max_memory_growth']:.2%}"
+                )
             )
     finally:
         down(run_dir, grace_s=5.0)
     report["load_errors"] = sum(report[s]["load_errors"] for s in ("encoder", "perturb"))
-    report["max_memory_growth"] = max(report[s]["max_memory_growth"] for s in ("encoder", "perturb"))
+    report["max_memory_growth"] = max_growth(
+        {s: report[s]["max_memory_growth"] for s in ("encoder", "perturb")}
+    )
+    report["memory_unmeasured"] = [
+        f"{s}/{name}" for s in ("encoder", "perturb") for name in report[s]["memory_unmeasured"]
+    ]
     return report

@@ -299,8 +299,27 @@ def check_oversize(model: Path, keys, max_message_mb: int = 1) -> dict:
         "details": details,
         "served_after": features.shape[0] == 1,
         "huge_length_prefix": prefix,
-        "ok": code == "RESOURCE_EXHAUSTED" and prefix.get("code") in ("RESOURCE_EXHAUSTED", "skipped"),
+        **outcome(
+            {"over_limit_message": code == "RESOURCE_EXHAUSTED", "huge_length_prefix": _probe_passed(prefix)}
+        ),
     }
+
+
+def _probe_passed(probe: dict) -> bool | None:
+    """True when the length-prefix probe was refused, False when not, None when it did not run (skipped)."""
+    return None if probe.get("code") == "skipped" else probe.get("code") == "RESOURCE_EXHAUSTED"
+
+
+def outcome(checks: dict[str, bool | None]) -> dict:
+    """``ok``, ``status`` and ``skipped`` of named checks, each True (passed), False or None (skipped).
+
+    A skipped check is not a pass: ``ok`` is True only when every check ran and passed; ``status`` is
+    "failed" when any check failed, else "skipped" when any was skipped, else "passed".
+    """
+    failed = sorted(name for name, passed in checks.items() if passed is False)
+    skipped = sorted(name for name, passed in checks.items() if passed is None)
+    status = "failed" if failed else "skipped" if skipped else "passed"
+    return {"ok": status == "passed", "status": status, "failed": failed, "skipped": skipped}
 
 
 def _claimed_length_probe(target: str, authorization: str, claimed: int, timeout_s: float = 10.0) -> dict:
@@ -380,11 +399,17 @@ def run(model: Path, work_dir: Path, log: Callable[[str], None] = print) -> dict
     tls = check_tls(model, work_dir, keys)
     log(f"  tls: {tls}")
     oversize = check_oversize(model, keys)
-    log(f"  oversize: {oversize['code']}, length-prefix probe {oversize['huge_length_prefix']}")
-    return {
-        "auth": auth,
-        "quota": quota,
-        "tls": tls,
-        "oversize": oversize,
-        "ok": auth["every_rpc_needs_a_key"] and quota["ok"] and tls["ok"] and oversize["ok"],
-    }
+    log(
+        f"  oversize: {oversize['code']}, length-prefix probe {oversize['huge_length_prefix']} "
+        f"({oversize['status']})"
+    )
+    summary = outcome(
+        {
+            "auth": auth["every_rpc_needs_a_key"],
+            "quota": quota["ok"],
+            "tls": tls["ok"],
+            "oversize": None if oversize["status"] == "skipped" else oversize["ok"],
+        }
+    )
+    summary["skipped"] = [f"oversize.{name}" for name in oversize["skipped"]]
+    return {"auth": auth, "quota": quota, "tls": tls, "oversize": oversize, **summary}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -47,13 +49,59 @@ def test_trainer_learns_and_is_scale_invariant():
     assert noise_sigma(model.spread, 12, 1.0) == pytest.approx(model.spread / np.sqrt(12))
 
 
-def test_noise_scale_is_chosen_on_a_validation_split():
+def test_noise_scale_is_chosen_on_a_validation_split(monkeypatch):
+    """Models are trained on the training part only, scored on held-out validation rows only, and the
+    chosen c is the argmax of that validation objective (recomputed here candidate by candidate)."""
+    import edge_client.smoothing as smoothing
+    import edge_client.training as training
+
     features, labels = _clusters(600, seed=1)
     config = TrainConfig(hidden_widths=(16,), epochs=2)
-    best, table = select_noise_scale(features, labels, [0.25, 1.0], config, validation_size=20,
-                                     smoothing_n=500)
-    assert best in (0.25, 1.0) and len(table) == 2
-    assert all(row["val_feature_acr_over_S"] >= 0 for row in table)
+    candidates = [0.05, 0.5, 2.0]
+    trained_on, scored = [], []
+    real_train, real_certify = training.train_mlp, smoothing.certify_features
+
+    def spy_train(x, y, *args, **kwargs):
+        trained_on.append(np.array(x, copy=True))
+        return real_train(x, y, *args, **kwargs)
+
+    def spy_certify(model, z, *args, **kwargs):
+        scored.append(np.array(z, copy=True))
+        return real_certify(model, z, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_mlp", spy_train)
+    monkeypatch.setattr(smoothing, "certify_features", spy_certify)
+    best, table = select_noise_scale(features, labels, candidates, config, validation_fraction=0.1,
+                                     validation_size=20, smoothing_n=500)
+    monkeypatch.undo()
+
+    row_of = {row.tobytes(): i for i, row in enumerate(features)}
+    assert len(row_of) == len(features)
+    train_rows = [{row_of[r.tobytes()] for r in x} for x in trained_on]
+    scored_rows = [row_of[z.tobytes()] for z in scored]
+    assert len(trained_on) == len(candidates) and all(rows == train_rows[0] for rows in train_rows)
+    assert len(train_rows[0]) == 540  # 600 minus the 10% validation split
+    assert len(scored_rows) == len(candidates) * 20  # validation_size inputs per candidate
+    validation = set(scored_rows)
+    assert len(validation) == 20 and not validation & train_rows[0]  # held out, never trained on
+
+    # Recompute the validation objective of each candidate: a model trained on the training part with
+    # that c, then the feature-space ACR / S on the validation rows, smoothed at that c.
+    train_idx, val_idx = np.array(sorted(train_rows[0])), np.array(sorted(validation))
+    objective = []
+    for c in candidates:
+        model = train_mlp(features[train_idx], labels[train_idx], replace(config, noise_c=c), num_classes=4)
+        cfg = smoothing.SmoothingConfig(sigma=noise_sigma(model.spread, model.feature_dim, c), n=500)
+        acr = 0.0
+        for i in val_idx:
+            cls, r_f = smoothing.certify_features(model, features[i], cfg, smoothing.input_rng(0, int(i)))
+            acr += r_f / model.spread if cls == labels[i] else 0.0
+        objective.append(acr / len(val_idx))
+    assert [row["noise_c"] for row in table] == candidates
+    np.testing.assert_allclose([row["val_feature_acr_over_S"] for row in table], objective, rtol=1e-9)
+    assert len(set(objective)) == len(objective) and max(objective) > 0  # a strict, non-trivial argmax
+    assert best == candidates[int(np.argmax(objective))]
+    assert best not in (candidates[0], candidates[-1])  # so neither "first" nor "last" would pass
 
 
 def test_feature_cache_round_trip_and_keying(tmp_path):

@@ -94,14 +94,56 @@ def test_ratios_come_from_measured_bytes(built):
     assert same["bytes_ratio"] == pytest.approx(seaas_bytes / reaas_bytes)
     assert same["queries_ratio"] == pytest.approx(
         (TINY.n0 + TINY.seaas_n) / (sum(r["queries"] for r in reaas) / len(reaas)))
-    for key in ("bc", "sc"):  # the same encoder twice: ratio 1, or undefined when its ACR is 0
-        value = ratios[f"robust_over_standard_acr_{key}"]
-        assert value is None or value == pytest.approx(1.0)
+    # The tiny untrained encoder certifies nothing (ACR 0): its ACR ratios must be undefined (None), never a
+    # 1, 0 or inf that reads as a result, and 0 vs 0 meets no ACR goal. Positive ACRs: the next test.
+    for name, key in (("REaaS-BC", "bc"), ("REaaS-SC", "sc")):
+        acr = raw[name]["summary"]["acr"]
+        assert ratios[f"robust_over_standard_acr_{key}"] == (1.0 if acr > 0 else None)
+        assert ratios[f"robust_over_standard_acr_{key}_goal_met"] is False  # equal ACRs: not 10x
+    reaas_acr = same["reaas_sc_acr"]
+    assert same["acr_ratio_reaas_over_seaas"] == (None if same["seaas_sc_acr"] == 0 else pytest.approx(
+        reaas_acr / same["seaas_sc_acr"]))
+    assert same["acr_goal_met"] is (reaas_acr > 0 and reaas_acr >= same["seaas_sc_acr"])
     assert ratios["robust_over_others"] == {}
     third = bench.compare({"robust": raw, "standard": raw, "rocl": raw})["robust_over_others"]
     assert set(third) == {"rocl"} and set(third["rocl"]) == {"bc", "sc"}
     assert all(line.startswith("- ") for line in bench.ratio_lines(ratios))
     assert f"on the {len(indices)} test inputs 0, 20" in bench.ratio_lines(ratios)[0]
+
+
+def _raw_with_acr(bc: float, sc: float, seaas_sc: float = 0.0) -> dict:
+    """The parts of one encoder's raw results that :func:`bench.compare` reads, with the given ACRs."""
+    same = {"REaaS-SC": {"queries_per_test_input": 2.0, "bytes_per_test_input": 3e3, "acr": sc},
+            "SEaaS-SC": {"queries_per_test_input": 420.0, "bytes_per_test_input": 1e6, "acr": seaas_sc},
+            "test_indices": [0, 20]}
+    return {"same_inputs": same, "REaaS-BC": {"summary": {"acr": bc}}, "REaaS-SC": {"summary": {"acr": sc}}}
+
+
+def test_acr_ratios_are_computed_from_positive_acr_and_undefined_at_zero():
+    raw = {"robust": _raw_with_acr(0.3, 0.6, seaas_sc=0.2), "standard": _raw_with_acr(0.02, 0.1)}
+    ratios = bench.compare(raw)
+    assert ratios["robust_over_standard_acr_bc"] == pytest.approx(15.0)
+    assert ratios["robust_over_standard_acr_sc"] == pytest.approx(6.0)
+    assert ratios["robust_over_standard_acr_bc_goal_met"] is True
+    assert ratios["robust_over_standard_acr_sc_goal_met"] is False  # 6x < 10x
+    assert ratios["robust"]["acr_ratio_reaas_over_seaas"] == pytest.approx(3.0)
+    assert ratios["robust"]["acr_goal_met"] is True
+    lines = bench.ratio_lines(ratios)
+    assert "- robust / standard ACR, REaaS-BC: 15 (goal >= 10: met)" in lines
+    assert "- robust / standard ACR, REaaS-SC: 6 (goal >= 10: NOT met)" in lines
+
+    # A zero denominator: the ratio is undefined (None, shown as "—"), not inf and not 0.
+    zero = bench.compare({"robust": _raw_with_acr(0.3, 0.6), "standard": _raw_with_acr(0.0, 0.0)})
+    assert zero["robust_over_standard_acr_bc"] is None and zero["robust_over_standard_acr_sc"] is None
+    assert zero["robust"]["acr_ratio_reaas_over_seaas"] is None
+    assert "- robust / standard ACR, REaaS-BC: — (goal >= 10: met)" in bench.ratio_lines(zero)
+    # Nothing certified on either side: undefined ratios and no goal met by 0 >= 0.
+    none = bench.compare({"robust": _raw_with_acr(0.0, 0.0), "standard": _raw_with_acr(0.0, 0.0)})
+    for key in ("bc", "sc"):
+        assert none[f"robust_over_standard_acr_{key}"] is None
+        assert none[f"robust_over_standard_acr_{key}_goal_met"] is False
+    assert none["robust"]["acr_ratio_reaas_over_seaas"] is None and none["robust"]["acr_goal_met"] is False
+    assert "- robust / standard ACR, REaaS-SC: — (goal >= 10: NOT met)" in bench.ratio_lines(none)
 
 
 def test_semantic_rows_cost_one_query_per_certified_input(built):
