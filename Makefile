@@ -16,7 +16,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 MODEL ?= models/fmnist-robust.onnx
 RUN_DIR ?= runs/local
 
-.PHONY: help install dataset test lint protos clean up down images pretrain run bench bench-quick reliability
+.PHONY: help install dataset test lint protos clean up down images pretrain run bench bench-quick reliability gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ models/fmnist-robust.onnx: | $(STAMP)
 models/fmnist-rocl.onnx: | $(STAMP)
 	$(BIN)/python -m services.trainer --mode rocl --lam 0 --penalty none --epochs 20 --seed 0 --threads 1 \
 	  --no-progress --out-dir runs/fmnist-rocl --export $@
+
+gpu-check: install ## served GPU features vs a float64 reference and the certificate's float margin (exit 1 if exceeded)
+	$(BIN)/python -m services.encoder.gpu_check --model $(MODEL)
 
 up: ## start two encoder replicas and one perturb on 127.0.0.1, wait for SERVING (MODEL=, RUN_DIR=)
 	$(BIN)/python -m deploy.local --run-dir $(RUN_DIR) up --model $(MODEL)

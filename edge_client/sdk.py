@@ -256,22 +256,43 @@ class EncoderClient(_ServiceClient):
 
 
 @dataclass(frozen=True)
+class RadiusAnswer:
+    """F2IPerturb answer: image radii [N] float64, the method per image, and ``search_completed``: False
+    when the server's AUTO search stopped at the deadline for some batch (radii sound, possibly smaller).
+
+    Unpacks as ``radii, methods = client.f2i(...)``.
+    """
+
+    image_radius: np.ndarray
+    methods_used: list[str]
+    search_completed: bool
+
+    def __iter__(self):
+        return iter((self.image_radius, self.methods_used))
+
+
+@dataclass(frozen=True)
 class CurveResult:
-    """F2IPerturbCurve answer: features [N, D] and per image (image_radius [K], feature_shift_bound [K])."""
+    """F2IPerturbCurve answer: features [N, D] and per image (image_radius [K], feature_shift_bound [K]);
+    ``search_completed`` is False when the server's AUTO curve stopped at the deadline for some batch
+    (bounds sound, possibly looser)."""
 
     features: np.ndarray
     curves: list[tuple[np.ndarray, np.ndarray]]
     methods_used: list[str]
+    search_completed: bool
 
 
 @dataclass
 class SemanticAnswer:
-    """F2ISemantic answer per image [N]: certified B and C, the l2-implied parameter radius, methods."""
+    """F2ISemantic answer per image [N]: certified B and C, the l2-implied parameter radius, methods, and
+    whether every server-side search of every batch ran to its tolerance."""
 
     brightness: np.ndarray
     contrast: np.ndarray
     l2_equivalent: np.ndarray
     methods_used: list[str]
+    search_completed: bool
 
 
 _SEMANTIC = {"brightness": perturb_pb2.BRIGHTNESS, "contrast": perturb_pb2.CONTRAST,
@@ -288,14 +309,15 @@ class PerturbClient(_ServiceClient):
         self._stub = perturb_pb2_grpc.PerturbStub(self._channel)
 
     def f2i(self, images: np.ndarray, feature_radii: np.ndarray, *, norm: str = "l2", method: str = "auto",
-            relative_tolerance: float = 0.0, clip_to_pixel_box: bool = False) -> tuple[np.ndarray, list[str]]:
-        """Certified image radii [N] float64 for feature radii R_F [N], and the method used per image."""
+            relative_tolerance: float = 0.0, clip_to_pixel_box: bool = False) -> RadiusAnswer:
+        """Certified image radii [N] float64 for feature radii R_F [N], the method used per image, and
+        whether every search completed (unpacks as ``radii, methods``)."""
         feature_radii = np.asarray(feature_radii, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(feature_radii)) or np.any(feature_radii < 0):
             raise ValueError("feature radii must be finite and >= 0")
         if feature_radii.shape[0] != np.asarray(images).shape[0]:
             raise ValueError(f"{feature_radii.shape[0]} feature radii for {len(images)} images")
-        radii, methods = [], []
+        radii, methods, completed = [], [], True
         for start, batch in self._image_batches(images, 32):
             request = perturb_pb2.F2IPerturbRequest(
                 images=to_proto(batch), feature_radius=feature_radii[start:start + batch.shape[0]].tolist(),
@@ -308,7 +330,8 @@ class PerturbClient(_ServiceClient):
             self._count(request, response, batch.shape[0])
             radii.extend(response.image_radius)
             methods.extend(_METHOD_NAMES.get(m, str(m)) for m in response.method_used)
-        return np.asarray(radii, dtype=np.float64), methods
+            completed = completed and response.search_completed
+        return RadiusAnswer(np.asarray(radii, dtype=np.float64), methods, completed)
 
     def semantic(self, images: np.ndarray, feature_radii: np.ndarray, *, perturbation: str = "brightness",
                  method: str = "auto", relative_tolerance: float = 0.0,
@@ -319,6 +342,7 @@ class PerturbClient(_ServiceClient):
             raise ValueError(f"{feature_radii.shape[0]} feature radii for {len(images)} images")
         parts: list[list[float]] = [[], [], []]
         methods: list[str] = []
+        completed = True
         for start, batch in self._image_batches(images, 32):
             request = perturb_pb2.F2ISemanticRequest(
                 images=to_proto(batch), feature_radius=feature_radii[start:start + batch.shape[0]].tolist(),
@@ -334,8 +358,9 @@ class PerturbClient(_ServiceClient):
                                    strict=True):
                 out.extend(values)
             methods.extend(_METHOD_NAMES.get(m, str(m)) for m in response.method_used)
+            completed = completed and response.search_completed
         b, c, l2 = (np.asarray(p, dtype=np.float64) for p in parts)
-        return SemanticAnswer(b, c, l2, methods)
+        return SemanticAnswer(b, c, l2, methods, completed)
 
     def curve(self, images: np.ndarray, *, norm: str = "l2", method: str = "auto", num_radii: int = 0,
               min_radius: float = 0.0, max_radius: float = 0.0, clip_to_pixel_box: bool = False
@@ -344,6 +369,7 @@ class PerturbClient(_ServiceClient):
         info = self.model_info()
         per_image = 4 * int(info.feature_dim) + 20 * (num_radii or 64) + 64
         features, curves, methods = [], [], []
+        completed = True
         for _, batch in self._image_batches(images, per_image):
             request = perturb_pb2.F2IPerturbCurveRequest(
                 images=to_proto(batch), norm=_NORMS[norm], method=_METHODS[method],
@@ -359,5 +385,6 @@ class PerturbClient(_ServiceClient):
             curves.extend((np.asarray(c.image_radius, dtype=np.float64),
                            np.asarray(c.feature_shift_bound, dtype=np.float64)) for c in response.curves)
             methods.extend(_METHOD_NAMES.get(m, str(m)) for m in response.method_used)
+            completed = completed and response.search_completed
         feats = np.concatenate(features) if features else np.zeros((0, int(info.feature_dim)), np.float32)
-        return CurveResult(feats, curves, methods)
+        return CurveResult(feats, curves, methods, completed)

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15reaas/v1/common.proto\x12\x08reaas.v1\"E\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1e\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0f.reaas.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"G\n\x05Usage\x12\x0f\n\x07queries\x18\x01 \x01(\x03\x12\x15\n\rrequest_bytes\x18\x02 \x01(\x03\x12\x16\n\x0eresponse_bytes\x18\x03 \x01(\x03\"\xc3\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x11\n\tinput_min\x18\x04 \x01(\x02\x12\x11\n\tinput_max\x18\x05 \x01(\x02\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x06 \x01(\x03\x12\x1a\n\x12lipschitz_bound_l2\x18\x07 \x01(\x01\x12\x16\n\x0e\x66\x65\x61ture_spread\x18\x08 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\t \x01(\x03\x12\x1a\n\x12\x65xecution_provider\x18\n \x01(\t\x12\x17\n\x0fmodel_card_json\x18\x0b \x01(\t\x12\x16\n\x0esynbench_score\x18\x0c \x01(\x01\x12#\n\x1bsynbench_threshold_accuracy\x18\r \x01(\x01\"\x15\n\x13GetModelInfoRequest*C\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\t\n\x05UINT8\x10\x03*\x18\n\x04Norm\x12\x06\n\x02L2\x10\x00\x12\x08\n\x04LINF\x10\x01*Y\n\x06Method\x12\x08\n\x04\x41UTO\x10\x00\x12\r\n\tLIPSCHITZ\x10\x01\x12\x07\n\x03IBP\x10\x02\x12\r\n\tCROWN_IBP\x10\x03\x12\t\n\x05\x43ROWN\x10\x04\x12\x13\n\x0fLOCAL_LIPSCHITZ\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15reaas/v1/common.proto\x12\x08reaas.v1\"E\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1e\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0f.reaas.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"G\n\x05Usage\x12\x0f\n\x07queries\x18\x01 \x01(\x03\x12\x15\n\rrequest_bytes\x18\x02 \x01(\x03\x12\x16\n\x0eresponse_bytes\x18\x03 \x01(\x03\"\x98\x03\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x11\n\tinput_min\x18\x04 \x01(\x02\x12\x11\n\tinput_max\x18\x05 \x01(\x02\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x06 \x01(\x03\x12\x1a\n\x12lipschitz_bound_l2\x18\x07 \x01(\x01\x12\x16\n\x0e\x66\x65\x61ture_spread\x18\x08 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\t \x01(\x03\x12\x1a\n\x12\x65xecution_provider\x18\n \x01(\t\x12\x17\n\x0fmodel_card_json\x18\x0b \x01(\t\x12\x16\n\x0esynbench_score\x18\x0c \x01(\x01\x12#\n\x1bsynbench_threshold_accuracy\x18\r \x01(\x01\x12 \n\x18lipschitz_bound_verified\x18\x0e \x01(\x08\x12\x18\n\x10served_precision\x18\x0f \x01(\t\x12\x17\n\x0f\x66loat_margin_l2\x18\x10 \x01(\x01\"\x15\n\x13GetModelInfoRequest*C\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\t\n\x05UINT8\x10\x03*\x18\n\x04Norm\x12\x06\n\x02L2\x10\x00\x12\x08\n\x04LINF\x10\x01*Y\n\x06Method\x12\x08\n\x04\x41UTO\x10\x00\x12\r\n\tLIPSCHITZ\x10\x01\x12\x07\n\x03IBP\x10\x02\x12\r\n\tCROWN_IBP\x10\x03\x12\t\n\x05\x43ROWN\x10\x04\x12\x13\n\x0fLOCAL_LIPSCHITZ\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reaas.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=528
-  _globals['_DTYPE']._serialized_end=595
-  _globals['_NORM']._serialized_start=597
-  _globals['_NORM']._serialized_end=621
-  _globals['_METHOD']._serialized_start=623
-  _globals['_METHOD']._serialized_end=712
+  _globals['_DTYPE']._serialized_start=613
+  _globals['_DTYPE']._serialized_end=680
+  _globals['_NORM']._serialized_start=682
+  _globals['_NORM']._serialized_end=706
+  _globals['_METHOD']._serialized_start=708
+  _globals['_METHOD']._serialized_end=797
   _globals['_TENSOR']._serialized_start=35
   _globals['_TENSOR']._serialized_end=104
   _globals['_USAGE']._serialized_start=106
   _globals['_USAGE']._serialized_end=177
   _globals['_MODELINFO']._serialized_start=180
-  _globals['_MODELINFO']._serialized_end=503
-  _globals['_GETMODELINFOREQUEST']._serialized_start=505
-  _globals['_GETMODELINFOREQUEST']._serialized_end=526
+  _globals['_MODELINFO']._serialized_end=588
+  _globals['_GETMODELINFOREQUEST']._serialized_start=590
+  _globals['_GETMODELINFOREQUEST']._serialized_end=611
 # @@protoc_insertion_point(module_scope)

@@ -61,7 +61,7 @@ class Usage(_message.Message):
     def __init__(self, queries: _Optional[int] = ..., request_bytes: _Optional[int] = ..., response_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "model_sha256", "input_shape", "input_min", "input_max", "feature_dim", "lipschitz_bound_l2", "feature_spread", "max_batch_size", "execution_provider", "model_card_json", "synbench_score", "synbench_threshold_accuracy")
+    __slots__ = ("model_name", "model_sha256", "input_shape", "input_min", "input_max", "feature_dim", "lipschitz_bound_l2", "feature_spread", "max_batch_size", "execution_provider", "model_card_json", "synbench_score", "synbench_threshold_accuracy", "lipschitz_bound_verified", "served_precision", "float_margin_l2")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,9 @@ class ModelInfo(_message.Message):
     MODEL_CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     SYNBENCH_SCORE_FIELD_NUMBER: _ClassVar[int]
     SYNBENCH_THRESHOLD_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LIPSCHITZ_BOUND_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    SERVED_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_MARGIN_L2_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_sha256: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -88,7 +91,10 @@ class ModelInfo(_message.Message):
     model_card_json: str
     synbench_score: float
     synbench_threshold_accuracy: float
-    def __init__(self, model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_min: _Optional[float] = ..., input_max: _Optional[float] = ..., feature_dim: _Optional[int] = ..., lipschitz_bound_l2: _Optional[float] = ..., feature_spread: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., model_card_json: _Optional[str] = ..., synbench_score: _Optional[float] = ..., synbench_threshold_accuracy: _Optional[float] = ...) -> None: ...
+    lipschitz_bound_verified: bool
+    served_precision: str
+    float_margin_l2: float
+    def __init__(self, model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_min: _Optional[float] = ..., input_max: _Optional[float] = ..., feature_dim: _Optional[int] = ..., lipschitz_bound_l2: _Optional[float] = ..., feature_spread: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., model_card_json: _Optional[str] = ..., synbench_score: _Optional[float] = ..., synbench_threshold_accuracy: _Optional[float] = ..., lipschitz_bound_verified: _Optional[bool] = ..., served_precision: _Optional[str] = ..., float_margin_l2: _Optional[float] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

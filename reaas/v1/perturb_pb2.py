@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from reaas.v1 import common_pb2 as reaas_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16reaas/v1/perturb.proto\x12\x08reaas.v1\x1a\x15reaas/v1/common.proto\"\xda\x01\n\x11\x46\x32IPerturbRequest\x12 \n\x06images\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12\x16\n\x0e\x66\x65\x61ture_radius\x18\x02 \x03(\x01\x12\x1c\n\x04norm\x18\x03 \x01(\x0e\x32\x0e.reaas.v1.Norm\x12 \n\x06method\x18\x04 \x01(\x0e\x32\x10.reaas.v1.Method\x12\x1a\n\x12relative_tolerance\x18\x05 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x19\n\x11\x63lip_to_pixel_box\x18\x07 \x01(\x08\"\x87\x01\n\x12\x46\x32IPerturbResponse\x12\x14\n\x0cimage_radius\x18\x01 \x03(\x01\x12%\n\x0bmethod_used\x18\x02 \x03(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.reaas.v1.Usage\"\xe6\x01\n\x16\x46\x32IPerturbCurveRequest\x12 \n\x06images\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12\x1c\n\x04norm\x18\x02 \x01(\x0e\x32\x0e.reaas.v1.Norm\x12 \n\x06method\x18\x03 \x01(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12\x19\n\x11\x63lip_to_pixel_box\x18\x05 \x01(\x08\x12\x11\n\tnum_radii\x18\x06 \x01(\x05\x12\x12\n\nmin_radius\x18\x07 \x01(\x01\x12\x12\n\nmax_radius\x18\x08 \x01(\x01\"@\n\x0bRadiusCurve\x12\x14\n\x0cimage_radius\x18\x01 \x03(\x01\x12\x1b\n\x13\x66\x65\x61ture_shift_bound\x18\x02 \x03(\x01\"\xc1\x01\n\x17\x46\x32IPerturbCurveResponse\x12\"\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12%\n\x06\x63urves\x18\x02 \x03(\x0b\x32\x15.reaas.v1.RadiusCurve\x12%\n\x0bmethod_used\x18\x03 \x03(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.reaas.v1.Usage\"\xf9\x01\n\x12\x46\x32ISemanticRequest\x12 \n\x06images\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12\x16\n\x0e\x66\x65\x61ture_radius\x18\x02 \x03(\x01\x12\x34\n\x0cperturbation\x18\x03 \x01(\x0e\x32\x1e.reaas.v1.SemanticPerturbation\x12 \n\x06method\x18\x04 \x01(\x0e\x32\x10.reaas.v1.Method\x12\x1a\n\x12relative_tolerance\x18\x05 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x1f\n\x17\x63ontrast_per_brightness\x18\x07 \x01(\x01\"\xaf\x01\n\x13\x46\x32ISemanticResponse\x12\x12\n\nbrightness\x18\x01 \x03(\x01\x12\x10\n\x08\x63ontrast\x18\x02 \x03(\x01\x12\x15\n\rl2_equivalent\x18\x03 \x03(\x01\x12%\n\x0bmethod_used\x18\x04 \x03(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.reaas.v1.Usage*M\n\x14SemanticPerturbation\x12\x0e\n\nBRIGHTNESS\x10\x00\x12\x0c\n\x08\x43ONTRAST\x10\x01\x12\x17\n\x13\x42RIGHTNESS_CONTRAST\x10\x02\x32\xba\x02\n\x07Perturb\x12G\n\nF2IPerturb\x12\x1b.reaas.v1.F2IPerturbRequest\x1a\x1c.reaas.v1.F2IPerturbResponse\x12V\n\x0f\x46\x32IPerturbCurve\x12 .reaas.v1.F2IPerturbCurveRequest\x1a!.reaas.v1.F2IPerturbCurveResponse\x12J\n\x0b\x46\x32ISemantic\x12\x1c.reaas.v1.F2ISemanticRequest\x1a\x1d.reaas.v1.F2ISemanticResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.reaas.v1.GetModelInfoRequest\x1a\x13.reaas.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16reaas/v1/perturb.proto\x12\x08reaas.v1\x1a\x15reaas/v1/common.proto\"\xda\x01\n\x11\x46\x32IPerturbRequest\x12 \n\x06images\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12\x16\n\x0e\x66\x65\x61ture_radius\x18\x02 \x03(\x01\x12\x1c\n\x04norm\x18\x03 \x01(\x0e\x32\x0e.reaas.v1.Norm\x12 \n\x06method\x18\x04 \x01(\x0e\x32\x10.reaas.v1.Method\x12\x1a\n\x12relative_tolerance\x18\x05 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x19\n\x11\x63lip_to_pixel_box\x18\x07 \x01(\x08\"\xa1\x01\n\x12\x46\x32IPerturbResponse\x12\x14\n\x0cimage_radius\x18\x01 \x03(\x01\x12%\n\x0bmethod_used\x18\x02 \x03(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.reaas.v1.Usage\x12\x18\n\x10search_completed\x18\x05 \x01(\x08\"\xe6\x01\n\x16\x46\x32IPerturbCurveRequest\x12 \n\x06images\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12\x1c\n\x04norm\x18\x02 \x01(\x0e\x32\x0e.reaas.v1.Norm\x12 \n\x06method\x18\x03 \x01(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12\x19\n\x11\x63lip_to_pixel_box\x18\x05 \x01(\x08\x12\x11\n\tnum_radii\x18\x06 \x01(\x05\x12\x12\n\nmin_radius\x18\x07 \x01(\x01\x12\x12\n\nmax_radius\x18\x08 \x01(\x01\"@\n\x0bRadiusCurve\x12\x14\n\x0cimage_radius\x18\x01 \x03(\x01\x12\x1b\n\x13\x66\x65\x61ture_shift_bound\x18\x02 \x03(\x01\"\xdb\x01\n\x17\x46\x32IPerturbCurveResponse\x12\"\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12%\n\x06\x63urves\x18\x02 \x03(\x0b\x32\x15.reaas.v1.RadiusCurve\x12%\n\x0bmethod_used\x18\x03 \x03(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x04 \x01(\t\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.reaas.v1.Usage\x12\x18\n\x10search_completed\x18\x06 \x01(\x08\"\xf9\x01\n\x12\x46\x32ISemanticRequest\x12 \n\x06images\x18\x01 \x01(\x0b\x32\x10.reaas.v1.Tensor\x12\x16\n\x0e\x66\x65\x61ture_radius\x18\x02 \x03(\x01\x12\x34\n\x0cperturbation\x18\x03 \x01(\x0e\x32\x1e.reaas.v1.SemanticPerturbation\x12 \n\x06method\x18\x04 \x01(\x0e\x32\x10.reaas.v1.Method\x12\x1a\n\x12relative_tolerance\x18\x05 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x1f\n\x17\x63ontrast_per_brightness\x18\x07 \x01(\x01\"\xc9\x01\n\x13\x46\x32ISemanticResponse\x12\x12\n\nbrightness\x18\x01 \x03(\x01\x12\x10\n\x08\x63ontrast\x18\x02 \x03(\x01\x12\x15\n\rl2_equivalent\x18\x03 \x03(\x01\x12%\n\x0bmethod_used\x18\x04 \x03(\x0e\x32\x10.reaas.v1.Method\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.reaas.v1.Usage\x12\x18\n\x10search_completed\x18\x07 \x01(\x08*M\n\x14SemanticPerturbation\x12\x0e\n\nBRIGHTNESS\x10\x00\x12\x0c\n\x08\x43ONTRAST\x10\x01\x12\x17\n\x13\x42RIGHTNESS_CONTRAST\x10\x02\x32\xba\x02\n\x07Perturb\x12G\n\nF2IPerturb\x12\x1b.reaas.v1.F2IPerturbRequest\x1a\x1c.reaas.v1.F2IPerturbResponse\x12V\n\x0f\x46\x32IPerturbCurve\x12 .reaas.v1.F2IPerturbCurveRequest\x1a!.reaas.v1.F2IPerturbCurveResponse\x12J\n\x0b\x46\x32ISemantic\x12\x1c.reaas.v1.F2ISemanticRequest\x1a\x1d.reaas.v1.F2ISemanticResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.reaas.v1.GetModelInfoRequest\x1a\x13.reaas.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reaas.v1.perturb_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEMANTICPERTURBATION']._serialized_start=1343
-  _globals['_SEMANTICPERTURBATION']._serialized_end=1420
+  _globals['_SEMANTICPERTURBATION']._serialized_start=1421
+  _globals['_SEMANTICPERTURBATION']._serialized_end=1498
   _globals['_F2IPERTURBREQUEST']._serialized_start=60
   _globals['_F2IPERTURBREQUEST']._serialized_end=278
   _globals['_F2IPERTURBRESPONSE']._serialized_start=281
-  _globals['_F2IPERTURBRESPONSE']._serialized_end=416
-  _globals['_F2IPERTURBCURVEREQUEST']._serialized_start=419
-  _globals['_F2IPERTURBCURVEREQUEST']._serialized_end=649
-  _globals['_RADIUSCURVE']._serialized_start=651
-  _globals['_RADIUSCURVE']._serialized_end=715
-  _globals['_F2IPERTURBCURVERESPONSE']._serialized_start=718
-  _globals['_F2IPERTURBCURVERESPONSE']._serialized_end=911
-  _globals['_F2ISEMANTICREQUEST']._serialized_start=914
-  _globals['_F2ISEMANTICREQUEST']._serialized_end=1163
-  _globals['_F2ISEMANTICRESPONSE']._serialized_start=1166
-  _globals['_F2ISEMANTICRESPONSE']._serialized_end=1341
-  _globals['_PERTURB']._serialized_start=1423
-  _globals['_PERTURB']._serialized_end=1737
+  _globals['_F2IPERTURBRESPONSE']._serialized_end=442
+  _globals['_F2IPERTURBCURVEREQUEST']._serialized_start=445
+  _globals['_F2IPERTURBCURVEREQUEST']._serialized_end=675
+  _globals['_RADIUSCURVE']._serialized_start=677
+  _globals['_RADIUSCURVE']._serialized_end=741
+  _globals['_F2IPERTURBCURVERESPONSE']._serialized_start=744
+  _globals['_F2IPERTURBCURVERESPONSE']._serialized_end=963
+  _globals['_F2ISEMANTICREQUEST']._serialized_start=966
+  _globals['_F2ISEMANTICREQUEST']._serialized_end=1215
+  _globals['_F2ISEMANTICRESPONSE']._serialized_start=1218
+  _globals['_F2ISEMANTICRESPONSE']._serialized_end=1419
+  _globals['_PERTURB']._serialized_start=1501
+  _globals['_PERTURB']._serialized_end=1815
 # @@protoc_insertion_point(module_scope)

@@ -91,6 +91,14 @@ class ServerConfig:
         False,
     )
     log_level: str = _opt("--log-level", "REAAS_LOG_LEVEL", "logging level", "INFO")
+    served_precision: str = _opt(
+        "--served-precision",
+        "REAAS_SERVED_PRECISION",
+        "arithmetic of the served features: 'float32' (CUDA without TF32, cuDNN implicit GEMM, no "
+        "TensorRT) or 'reduced' (TensorRT FP16 / TF32 allowed; the perturb service widens its "
+        "floating-point margin to a 10-bit mantissa). Set both services alike",
+        "float32",
+    )
 
 
 @dataclass(frozen=True)
@@ -238,4 +246,6 @@ def validate(config: ServerConfig) -> str | None:
         return "--max-connection-age-s must be >= 0"
     if config.max_batch_size < 1 or config.worker_threads < 1 or config.max_message_mb < 1:
         return "--max-batch-size, --worker-threads and --max-message-mb must be >= 1"
+    if config.served_precision not in ("float32", "reduced"):
+        return f"--served-precision must be 'float32' or 'reduced', got {config.served_precision!r}"
     return None

@@ -14,7 +14,6 @@ from reaas.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-_LIPSCHITZ_KEYS = ("lipschitz_bound_l2", "lipschitz_l2", "lipschitz_bound", "lipschitz")
 _SPREAD_KEYS = ("feature_spread", "feature_spread_rms")
 
 
@@ -39,11 +38,6 @@ class ModelFile:
             if isinstance(value, (int, float)):
                 return float(value)
         return 0.0
-
-    @property
-    def lipschitz_bound_l2(self) -> float:
-        """Certified Lip_2 bound from the card (0.0 when unknown)."""
-        return self.card_float(_LIPSCHITZ_KEYS)
 
     @property
     def synbench_score(self) -> float:
@@ -84,10 +78,47 @@ def load_model_file(path: Path, name: str = "") -> ModelFile:
         card = json.loads(card_path.read_text())
         pinned = card.get("model_sha256")
         if pinned and pinned != sha256:
-            log.warning("model card %s names sha256 %s but %s hashes to %s", card_path, pinned, path, sha256)
+            # a card describing another model is never believed: serve without one
+            log.error(
+                "model card %s names sha256 %s but %s hashes to %s: ignoring the card",
+                card_path, pinned, path, sha256,
+            )
+            card = {}
     else:
         log.warning("no model card at %s", card_path)
     return ModelFile(path=path, name=name or path.stem, sha256=sha256, card=card)
+
+
+@dataclass(frozen=True)
+class VerifiedFacts:
+    """What the bound engine proved about the served model at load (zeros and False when it could not)."""
+
+    lipschitz_bound_l2: float
+    float_margin_l2: float
+    served_precision: str
+    verified: bool
+
+
+def verify_model(path: Path, served_precision: str) -> VerifiedFacts:
+    """Certified Lip_2 bound and floating-point margin of the ONNX model at ``path``, by the bound
+    engine; unverified (zeros) where the engine is not installed (a torch-free encoder image)."""
+    try:
+        from services.perturb.engine import BoundEngine, EngineConfig
+    except ImportError:
+        log.warning("bound engine not installed: GetModelInfo reports the Lipschitz bound as unknown")
+        return VerifiedFacts(0.0, 0.0, served_precision, False)
+    engine = BoundEngine.from_onnx(Path(path), EngineConfig(served_format=served_precision))
+    return engine_facts(engine)
+
+
+def engine_facts(engine) -> VerifiedFacts:
+    """The facts of an already loaded BoundEngine."""
+    return VerifiedFacts(
+        float(engine.lipschitz_bound_l2),
+        float(engine.pixel_box_float_margin()),
+        engine.config.served_format,
+        True,
+    )
 
 
 def model_info(
@@ -97,7 +128,7 @@ def model_info(
     feature_dim: int,
     max_batch_size: int,
     execution_provider: str,
-    lipschitz_bound_l2: float | None = None,
+    facts: VerifiedFacts,
 ) -> common_pb2.ModelInfo:
     """The ModelInfo both services return from GetModelInfo."""
     return common_pb2.ModelInfo(
@@ -107,7 +138,10 @@ def model_info(
         input_min=0.0,
         input_max=1.0,
         feature_dim=int(feature_dim),
-        lipschitz_bound_l2=model.lipschitz_bound_l2 if lipschitz_bound_l2 is None else lipschitz_bound_l2,
+        lipschitz_bound_l2=facts.lipschitz_bound_l2,
+        lipschitz_bound_verified=facts.verified,
+        served_precision=facts.served_precision,
+        float_margin_l2=facts.float_margin_l2,
         feature_spread=model.feature_spread,
         max_batch_size=max_batch_size,
         execution_provider=execution_provider,

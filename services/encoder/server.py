@@ -12,7 +12,7 @@ from reaas.tensors import decode_images, to_proto
 from reaas.v1 import encoder_pb2, encoder_pb2_grpc
 from services.common.config import EncoderConfig
 from services.common.metrics import ServerMetrics
-from services.common.model_file import ModelFile, load_model_file, model_info
+from services.common.model_file import ModelFile, VerifiedFacts, load_model_file, model_info, verify_model
 from services.common.resources import compute_threads
 from services.common.rpc import ServiceRuntime, unary_rpc
 from services.common.server import ManagedServer, build_server
@@ -26,10 +26,16 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     """Encode and GetModelInfo: decode, validate, charge the quota, run, encode."""
 
     def __init__(
-        self, runtime: ServiceRuntime, model: ModelFile, encoder: OnnxEncoder, infer, max_batch_size: int
+        self,
+        runtime: ServiceRuntime,
+        model: ModelFile,
+        encoder: OnnxEncoder,
+        infer,
+        max_batch_size: int,
+        facts: VerifiedFacts,
     ):
         self.runtime = runtime
-        self._model, self._encoder, self._infer = model, encoder, infer
+        self._model, self._encoder, self._infer, self._facts = model, encoder, infer, facts
         self._max_batch_size = max_batch_size
 
     @unary_rpc
@@ -53,6 +59,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             feature_dim=self._encoder.feature_dim,
             max_batch_size=self._max_batch_size,
             execution_provider=self._encoder.provider,
+            facts=self._facts,
         )
 
 
@@ -61,8 +68,12 @@ def create_server(config: EncoderConfig) -> tuple[ManagedServer, int]:
     model = load_model_file(config.model_path, config.model_name)
     providers = [p.strip() for p in config.execution_providers.split(",") if p.strip()]
     encoder = OnnxEncoder(
-        model.path, intra_op_threads=compute_threads(config.intra_op_threads), providers=providers
+        model.path,
+        intra_op_threads=compute_threads(config.intra_op_threads),
+        providers=providers,
+        precision=config.served_precision,
     )
+    facts = verify_model(model.path, config.served_precision)
     metrics = ServerMetrics("encoder")
     batcher = None
     if config.dynamic_batching:
@@ -82,7 +93,7 @@ def create_server(config: EncoderConfig) -> tuple[ManagedServer, int]:
 
     def register(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
         encoder_pb2_grpc.add_EncoderServicer_to_server(
-            EncoderServicer(runtime, model, encoder, infer, config.max_batch_size), server
+            EncoderServicer(runtime, model, encoder, infer, config.max_batch_size, facts), server
         )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(

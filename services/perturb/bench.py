@@ -112,6 +112,8 @@ def run(cfg: BenchConfig) -> dict:
         "torch_threads": cfg.threads,
         "methods": {},
     }
+    report["float_margin"] = float_margin_cost(eng, x, rf)
+    print(f"[bench] float margin: {report['float_margin']}", file=sys.stderr, flush=True)
     auto_radius = None
     for m in cfg.methods:
         n = cfg.crown_images if m == "crown" else len(x)
@@ -155,6 +157,24 @@ def run(cfg: BenchConfig) -> dict:
         report["served"] = served_latencies(cfg, x, rf)
     report["config"] = asdict(cfg)
     return report
+
+
+def float_margin_cost(eng: BoundEngine, x: np.ndarray, rf: np.ndarray) -> dict:
+    """LIPSCHITZ radii under the proven float32 margin against the old guessed one, 1e-5·(1 + ‖f(x)‖₂)."""
+    new = eng.image_radius(x, rf, method="lipschitz").image_radius
+    l_eff = eng._l_eff("l2") * (1 + eng.config.shift_margin_relative)
+    f_norm = np.linalg.norm(eng.features(x).astype(np.float64), axis=1)
+    old = np.maximum(rf - 1e-5 * (1 + f_norm), 0.0) / l_eff
+    margin = eng.served_error(x, old, clip=True)
+    ok = old > 0
+    return {
+        "format": eng.float_error.format.name,
+        "margin_median": float(np.median(margin)),
+        "margin_over_feature_radius_median": float(np.median(margin / rf)),
+        "lipschitz_radius_old_margin_mean": float(old.mean()),
+        "lipschitz_radius_new_margin_mean": float(new.mean()),
+        "lipschitz_radius_loss_median": float(np.median(1 - new[ok] / old[ok])) if ok.any() else None,
+    }
 
 
 def served_latencies(cfg: BenchConfig, x: np.ndarray, rf: np.ndarray) -> dict:

@@ -9,13 +9,12 @@ from reaas.tensors import decode_images, to_proto
 from reaas.v1 import common_pb2, perturb_pb2, perturb_pb2_grpc
 from services.common.config import PerturbConfig
 from services.common.metrics import ServerMetrics
-from services.common.model_file import ModelFile, load_model_file, model_info
+from services.common.model_file import ModelFile, engine_facts, load_model_file, model_info
 from services.common.rpc import ServiceRuntime, unary_rpc
 from services.common.server import ManagedServer, build_server
 from services.common.status import InvalidArgument, check_model_pin, require_finite_range
 from services.perturb.cache import CachedEngine
-from services.perturb.engine import BoundEngine, UnsupportedModelError
-from services.perturb.semantic import SemanticCertifier
+from services.perturb.engine import BoundEngine, EngineConfig, UnsupportedModelError
 
 NORMS = {common_pb2.L2: "l2", common_pb2.LINF: "linf"}
 METHODS = {
@@ -93,7 +92,8 @@ def radius_ladder(num_radii: int, min_radius: float, max_radius: float) -> np.nd
 
 
 class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
-    """F2IPerturb, F2IPerturbCurve and GetModelInfo: validate, charge, delegate to the cached engine."""
+    """F2IPerturb, F2IPerturbCurve, F2ISemantic and GetModelInfo: validate, charge, delegate to the cached
+    engine (its result cache and its concurrent-bounds limit cover all three bound RPCs)."""
 
     # DeadlineExceeded is a TimeoutError and maps to DEADLINE_EXCEEDED in services.common.status.
     error_codes = {UnsupportedModelError: grpc.StatusCode.FAILED_PRECONDITION}
@@ -111,7 +111,6 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
         self._model, self._engine = model, engine
         self._max_batch_size = max_batch_size
         self._margin_s = deadline_margin_s
-        self._semantic = SemanticCertifier(engine.engine)
 
     def _images(self, request) -> np.ndarray:
         check_model_pin(request.model_sha256, self._model.sha256)
@@ -129,7 +128,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
         norm, method = _norm(request.norm, "norm"), _method(request.method, "method")
         tolerance = relative_tolerance(request.relative_tolerance)
         call.charge(len(images))
-        radii, used = self._engine.image_radius(
+        result = self._engine.image_radius(
             images,
             radii_f,
             norm=norm,
@@ -139,9 +138,10 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
             deadline=call.deadline(self._margin_s),
         )
         return perturb_pb2.F2IPerturbResponse(
-            image_radius=radii.tolist(),
-            method_used=[METHOD_ENUM[m] for m in used],
+            image_radius=result.image_radius.tolist(),
+            method_used=[METHOD_ENUM[m] for m in result.method_used],
             model_sha256=self._model.sha256,
+            search_completed=result.completed,
         )
 
     @unary_rpc
@@ -160,7 +160,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
         )
         curves = [
             perturb_pb2.RadiusCurve(image_radius=ladder.tolist(), feature_shift_bound=row.tolist())
-            for row in bounds
+            for row in bounds.bounds
         ]
         # The engine's curve is the pointwise minimum over methods: AUTO stays AUTO here.
         return perturb_pb2.F2IPerturbCurveResponse(
@@ -168,6 +168,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
             curves=curves,
             method_used=[request.method] * len(images),
             model_sha256=self._model.sha256,
+            search_completed=bounds.completed,
         )
 
     @unary_rpc
@@ -177,7 +178,8 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
         kind, method, ratio = semantic_request(request)
         tolerance = relative_tolerance(request.relative_tolerance)
         call.charge(len(images))
-        result = self._semantic.certify(
+        # DeadlineExceeded when the search cannot finish in time, like every other RPC
+        result = self._engine.semantic(
             images, radii_f, kind, method=method, relative_tolerance=tolerance,
             contrast_per_brightness=ratio, deadline=call.deadline(self._margin_s),
         )
@@ -187,6 +189,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
             l2_equivalent=result.l2_floor.tolist(),
             method_used=[METHOD_ENUM[m] for m in result.method_used],
             model_sha256=self._model.sha256,
+            search_completed=result.completed,
         )
 
     @unary_rpc
@@ -198,14 +201,20 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
             feature_dim=engine.feature_dim,
             max_batch_size=self._max_batch_size,
             execution_provider="torch-cpu",
-            lipschitz_bound_l2=float(engine.lipschitz_bound_l2),
+            facts=engine_facts(engine),
         )
 
 
 def create_server(config: PerturbConfig, engine=None) -> tuple[ManagedServer, int]:
     """Load the model and engine (or take ``engine``); build the F2IPerturb server, bound, not started."""
     model = load_model_file(config.model_path, config.model_name)
-    engine = engine if engine is not None else BoundEngine.from_onnx(model.path)
+    if engine is None:
+        engine = BoundEngine.from_onnx(model.path, EngineConfig(served_format=config.served_precision))
+    elif engine.config.served_format != config.served_precision:
+        raise ValueError(
+            f"engine bounds {engine.config.served_format} rounding but the service is configured "
+            f"for {config.served_precision}"
+        )
     metrics = ServerMetrics("perturb")
     cached = CachedEngine(
         engine, config.cache_entries, on_lookup=metrics.record_cache, max_concurrent=config.concurrent_bounds

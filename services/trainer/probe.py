@@ -105,22 +105,11 @@ def onnx_features(path: str, images: torch.Tensor, batch_size: int = 1024, threa
 
 
 def certified_lipschitz(path: str) -> tuple[float, str]:
-    """(certified ℓ2 Lipschitz bound, method) of an ONNX encoder: the smaller of two sound bounds.
+    """(certified ℓ2 Lipschitz bound, method) of an ONNX encoder, by the bound engine: the one bound
+    the services serve. An encoder the engine cannot bound raises UnsupportedModelError."""
+    from services.perturb.engine import BoundEngine
 
-    The trainer's product bound (polyphase Sedghi per conv) and, when available, the bound engine's.
-    """
-    from services.trainer.lipschitz import onnx_lipschitz_bound
-
-    own = onnx_lipschitz_bound(path), "trainer_polyphase_sedghi_product"
-    try:
-        from services.perturb.engine import BoundEngine, UnsupportedModelError
-    except ImportError:
-        return own
-    try:
-        engine = float(BoundEngine.from_onnx(path).lipschitz_bound_l2), "bound_engine"
-    except UnsupportedModelError:
-        return own
-    return min(own, engine)
+    return float(BoundEngine.from_onnx(path).lipschitz_bound_l2), "bound_engine"
 
 
 def probe_features(

@@ -160,11 +160,8 @@ def onnx_feature_fn(path: str) -> FeatureFn:
     return run
 
 
-def _card_lipschitz(model: Path) -> float:
-    card = model.with_suffix(".json")
-    value = json.loads(card.read_text()).get("lipschitz_bound_l2") if card.is_file() else None
-    if isinstance(value, (int, float)) and value > 0:
-        return float(value)
+def _verified_lipschitz(model: Path) -> float:
+    """The bound engine's certified Lip_2 of the served model (never a model card's claim)."""
     from services.trainer.probe import certified_lipschitz
 
     return certified_lipschitz(str(model))[0]
@@ -176,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m services.trainer.synbench", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--model", required=True, help="ONNX encoder (its card <model>.json gives L when present)")
-    p.add_argument("--lipschitz", type=float, default=0.0, help="certified Lip_2; 0 = card or computed")
+    p.add_argument("--model", required=True, help="ONNX encoder")
+    p.add_argument("--lipschitz", type=float, default=0.0, help="certified Lip_2; 0 = the bound engine's")
     p.add_argument("--separations", type=float, nargs="+", default=list(d.separations))
     p.add_argument("--noise-std", type=float, default=d.noise_std)
     p.add_argument("--samples-per-class", type=int, default=d.samples_per_class)
@@ -199,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         threshold_accuracy=args.threshold_accuracy,
         seed=args.seed,
     )
-    lipschitz = args.lipschitz or _card_lipschitz(model)
+    lipschitz = args.lipschitz or _verified_lipschitz(model)
     features = onnx_feature_fn(str(model))
     shape = [int(v) for v in _input_shape(str(model))]
     result = {"model": str(model), **synbench_score(features, shape, lipschitz, cfg), "config": asdict(cfg)}

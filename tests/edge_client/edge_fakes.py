@@ -33,6 +33,7 @@ class FakeState:
     api_key: str | None = None
     failures: dict[str, list[grpc.StatusCode]] = field(default_factory=dict)  # method -> codes to raise
     delay_s: float = 0.0
+    search_completed: bool = True  # what the Perturb fakes report (False: a deadline-truncated answer)
     requests: list[tuple[str, object, tuple]] = field(default_factory=list)  # (method, request, metadata)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -102,7 +103,8 @@ class FakePerturb(perturb_pb2_grpc.PerturbServicer):
         radii = [float(np.nextafter(rf / self.state.sigma_max, 0.0)) for rf in request.feature_radius]
         return perturb_pb2.F2IPerturbResponse(image_radius=radii,
                                               method_used=[common_pb2.LIPSCHITZ] * len(radii),
-                                              model_sha256=self.state.sha256)
+                                              model_sha256=self.state.sha256,
+                                              search_completed=self.state.search_completed)
 
     def F2IPerturbCurve(self, request, context):
         self.state.enter("F2IPerturbCurve", request, context)
@@ -114,7 +116,8 @@ class FakePerturb(perturb_pb2_grpc.PerturbServicer):
                                         feature_shift_bound=(self.state.sigma_max * ladder).tolist())
         return perturb_pb2.F2IPerturbCurveResponse(
             features=to_proto(self.state.features(images)), curves=[curve] * images.shape[0],
-            method_used=[common_pb2.LIPSCHITZ] * images.shape[0], model_sha256=self.state.sha256)
+            method_used=[common_pb2.LIPSCHITZ] * images.shape[0], model_sha256=self.state.sha256,
+            search_completed=self.state.search_completed)
 
     def F2ISemantic(self, request, context):
         """Exact ranges of a linear encoder: R_F / ‖W1‖ (brightness) or R_F / ‖Wx‖ (contrast)."""
@@ -129,7 +132,8 @@ class FakePerturb(perturb_pb2_grpc.PerturbServicer):
         brightness = request.perturbation == perturb_pb2.BRIGHTNESS
         return perturb_pb2.F2ISemanticResponse(
             brightness=ranges if brightness else zeros, contrast=zeros if brightness else ranges,
-            l2_equivalent=zeros, method_used=[common_pb2.CROWN] * len(ranges), model_sha256=self.state.sha256)
+            l2_equivalent=zeros, method_used=[common_pb2.CROWN] * len(ranges), model_sha256=self.state.sha256,
+            search_completed=self.state.search_completed)
 
     def GetModelInfo(self, request, context):
         self.state.enter("Perturb.GetModelInfo", request, context)

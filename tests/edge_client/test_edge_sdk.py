@@ -161,6 +161,21 @@ def test_f2i_and_curve_against_exact_linear_answers(fake_state, fake_target):
     assert perturb.usage.queries == 10
     with pytest.raises(ValueError):
         perturb.f2i(images[:1], np.array([-1.0]))
+    assert perturb.f2i(images, feature_radii).search_completed and curve.search_completed
+
+
+def test_truncated_server_answers_are_surfaced(fake_state, fake_target):
+    """search_completed is True only when every batch's answer ran to completion."""
+    fake_state.max_batch_size = 2  # three batches per call
+    fake_state.search_completed = False
+    perturb = PerturbClient(ClientConfig(fake_target))
+    images, feature_radii = _images(5), np.full(5, 0.5)
+    answer = perturb.f2i(images, feature_radii)
+    assert answer.search_completed is False and answer.image_radius.shape == (5,)
+    assert perturb.curve(images).search_completed is False
+    assert perturb.semantic(images, feature_radii).search_completed is False
+    fake_state.search_completed = True
+    assert perturb.semantic(images, feature_radii).search_completed is True
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a test certificate")

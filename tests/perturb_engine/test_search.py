@@ -63,7 +63,7 @@ def test_engine_crown_seeded_by_crown_ibp_matches_the_unseeded_search(tmp_path, 
     plain = eng.image_radius(x, rf, method="crown")
     assert seeded.method_used == ["crown"] * 3
     np.testing.assert_allclose(seeded.image_radius, plain.image_radius, rtol=2e-3)
-    u = eng.curve(x, seeded.image_radius[:, None], method="crown")[:, 0]  # CROWN itself verifies it
+    u = eng.curve(x, seeded.image_radius[:, None], method="crown").bounds[:, 0]  # CROWN itself verifies it
     assert np.all(u < rf)
 
 
@@ -85,7 +85,8 @@ def test_search_stops_at_the_deadline_with_verified_radius():
     out = search_radius(
         lambda rows, r: r, np.array([1.0]), guess=np.array([1e-9]), deadline=time.monotonic() - 1
     )
-    assert not out.finished and out.radius[0] == 0.0
+    assert not out.finished and out.stopped_at_deadline and out.radius[0] == 0.0
+    assert not search_radius(lambda rows, r: r, np.array([1.0]), guess=np.array([0.5])).stopped_at_deadline
 
 
 def test_engine_deadlines(tmp_path):

@@ -83,8 +83,9 @@ def test_bounds_contain_sampled_points_and_are_monotone(kind, tmp_path):
                 true_shift = (vals[eng.graph.output].reshape(len(pts), -1) - f0[i]).norm(dim=1).max()
                 assert true_shift <= shift.per_feature[i] + 1e-9
                 assert true_shift <= shift.linear_part[i] + 1e-9
-    curve = eng.curve(images(2, 8), np.array([0.0, 0.01, 0.1, 0.3, 1.0, 3.0]))
-    assert curve.shape == (2, 6)
+    result = eng.curve(images(2, 8), np.array([0.0, 0.01, 0.1, 0.3, 1.0, 3.0]))
+    curve = result.bounds
+    assert result.completed and curve.shape == (2, 6)
     assert np.all(np.diff(curve, axis=1) >= 0)
     assert np.all(curve[:, 0] >= 0)
 
@@ -93,7 +94,7 @@ def test_curve_bounds_attacks_and_matches_search(tmp_path):
     eng, _ = engine_for("residual", 6, tmp_path)
     x = images(2, 9)
     radii = np.array([0.02, 0.1, 0.5])
-    curve = eng.curve(x, radii, method="crown_ibp")
+    curve = eng.curve(x, radii, method="crown_ibp").bounds
     x64 = torch.as_tensor(x, dtype=torch.float64)
     for k, r in enumerate(radii):
         worst = pgd_feature_shift(
@@ -106,5 +107,5 @@ def test_curve_bounds_attacks_and_matches_search(tmp_path):
     # the search's radius is certified, so the curve evaluated there must stay below R_F
     rf = curve[:, 1].copy()
     res = eng.image_radius(x, rf, method="crown_ibp")
-    at = eng.curve(x, res.image_radius[:, None], method="crown_ibp")
+    at = eng.curve(x, res.image_radius[:, None], method="crown_ibp").bounds
     assert np.all(at[:, 0] < rf) or np.all(res.image_radius == 0)

@@ -75,9 +75,45 @@ def test_get_model_info(start_server, encoder_config, cnn_onnx):
     assert info.model_sha256 == hashlib.sha256(cnn_onnx.read_bytes()).hexdigest()
     assert list(info.input_shape) == [1, 28, 28] and info.feature_dim == 8
     assert (info.input_min, info.input_max) == (0.0, 1.0)
-    assert info.lipschitz_bound_l2 == pytest.approx(3.5) and info.feature_spread == pytest.approx(0.7)
+    # the card says 3.5; GetModelInfo reports what the bound engine proves of the served model
+    from services.perturb.engine import BoundEngine
+
+    engine = BoundEngine.from_onnx(cnn_onnx)
+    assert info.lipschitz_bound_verified
+    assert info.lipschitz_bound_l2 == pytest.approx(engine.lipschitz_bound_l2) != pytest.approx(3.5)
+    assert info.served_precision == "float32"
+    assert info.float_margin_l2 == pytest.approx(engine.pixel_box_float_margin()) and info.float_margin_l2 > 0
+    assert info.feature_spread == pytest.approx(0.7)
     assert info.max_batch_size == 256 and info.execution_provider == "CPUExecutionProvider"
     assert json.loads(info.model_card_json)["note"] == "test"
+
+
+def test_a_card_for_another_model_is_never_believed(tmp_path, cnn_onnx, caplog):
+    from services.common.model_file import load_model_file
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(cnn_onnx.read_bytes())
+    model.with_suffix(".json").write_text(json.dumps({"model_sha256": "0" * 64, "feature_spread": 9.0}))
+    loaded = load_model_file(model)
+    assert loaded.card == {} and loaded.feature_spread == 0.0
+    assert "ignoring the card" in caplog.text
+
+
+def test_model_info_without_the_bound_engine_reports_unknown(monkeypatch, cnn_onnx):
+    import builtins
+
+    from services.common.model_file import verify_model
+
+    real_import = builtins.__import__
+
+    def no_engine(name, *args, **kwargs):
+        if name.startswith("services.perturb.engine"):
+            raise ImportError("torch-free image")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_engine)
+    facts = verify_model(cnn_onnx, "float32")
+    assert (facts.verified, facts.lipschitz_bound_l2, facts.float_margin_l2) == (False, 0.0, 0.0)
 
 
 def _bad_tensors() -> dict[str, common_pb2.Tensor]:
@@ -268,22 +304,31 @@ def test_calls_are_traced(start_server, encoder_config):
     assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
-def test_provider_preference_is_filtered_by_availability(monkeypatch):
+def test_provider_preference_is_filtered_by_availability_and_precision(monkeypatch):
     from services.encoder import onnx_model
 
+    def names(chosen):
+        return [p for p, _ in chosen]
+
     monkeypatch.setattr(onnx_model.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    assert onnx_model.choose_providers() == ["CPUExecutionProvider"]
+    assert names(onnx_model.choose_providers()) == ["CPUExecutionProvider"]
     available = ["CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider"]
     monkeypatch.setattr(onnx_model.ort, "get_available_providers", lambda: available)
-    assert onnx_model.choose_providers() == [
-        "TensorrtExecutionProvider",
+    # float32 (default): no TensorRT, CUDA with TF32 off and implicit-GEMM convolutions
+    chosen = onnx_model.choose_providers()
+    assert names(chosen) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert chosen[0][1] == {"use_tf32": "0", "cudnn_conv_algo_search": "DEFAULT"}
+    with pytest.raises(ValueError, match="TensorrtExecutionProvider"):
+        onnx_model.choose_providers(["TensorrtExecutionProvider"])
+    reduced = onnx_model.choose_providers(precision="reduced")
+    assert names(reduced) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert reduced[0][1]["trt_fp16_enable"] == "True" and reduced[1][1]["use_tf32"] == "1"
+    assert names(onnx_model.choose_providers(["CUDAExecutionProvider"])) == [
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
-    assert onnx_model.choose_providers(["CUDAExecutionProvider"]) == [
-        "CUDAExecutionProvider",
-        "CPUExecutionProvider",
-    ]
+    with pytest.raises(ValueError, match="precision"):
+        onnx_model.choose_providers(precision="int8")
 
 
 def test_otlp_exporter_is_used_when_an_endpoint_is_configured():

@@ -21,7 +21,8 @@ from services.perturb.engine.crown import (
     output_shift_bounds,
 )
 from services.perturb.engine.errors import DeadlineExceeded
-from services.perturb.engine.ibp import interval_bounds
+from services.perturb.engine.float_error import FORMATS, FloatErrorModel
+from services.perturb.engine.ibp import Bounds, interval_bounds
 from services.perturb.engine.lipschitz import lipschitz_info
 from services.perturb.engine.local_lipschitz import local_lipschitz
 from services.perturb.engine.onnx_graph import BoundGraph, build_bound_graph, load_onnx_model
@@ -40,9 +41,11 @@ class EngineConfig:
     norm_margin: NormMargin = field(default_factory=NormMargin)
     crown: CrownConfig = field(default_factory=CrownConfig)
     radii_per_round: int = 2  # candidates per search round (1 core: fewer evaluations beat fewer rounds)
-    # U is inflated by rel·U + abs·(1 + ‖f(x)‖₂): float32 rounding of the served model vs exact math
+    # the arithmetic the Feature-API serves in ("float32", or "reduced" for TF32 / FP16): its proven
+    # rounding error E(ball) + E(x) is added to every bound (float_error.py)
+    served_format: str = "float32"
+    # U is inflated by rel·U: the float64 rounding of the bound computation itself
     shift_margin_relative: float = 1e-6
-    shift_margin_absolute: float = 1e-5
     rows_per_pass: int = 64  # (image, radius) rows bounded together
     crown_rows_per_pass: int = 2  # full CROWN: few rows, many neurons per backward pass
     # AUTO runs full CROWN only with a deadline leaving at least this many seconds per image
@@ -52,23 +55,47 @@ class EngineConfig:
 
 @dataclass
 class RadiusResult:
-    """Verified image radii [B] float64, the method that certified each, and the bound evaluations spent."""
+    """Verified image radii [B] float64, the method that certified each, the bound evaluations spent, and
+    whether the search completed: False when AUTO stopped at the deadline and returned the radii verified
+    so far (sound, possibly smaller than more time would give). Explicit methods raise instead."""
 
     image_radius: np.ndarray
     method_used: list[str]
     bound_evaluations: int
+    completed: bool
+
+
+@dataclass
+class CurveResult:
+    """Sound upper bounds U(r_k) [B, K] float64 of the feature shift, non-decreasing in r_k, and whether
+    every planned method ran: False when AUTO stopped at the deadline (still sound, possibly looser)."""
+
+    bounds: np.ndarray
+    completed: bool
 
 
 class _Prepared:
-    """Validated images of one request; node values at x0 are computed on first use (LIPSCHITZ never)."""
+    """Validated images of one request; node values at x0 are computed on first use."""
 
-    def __init__(self, graph: BoundGraph, x64: torch.Tensor, f0_norm: np.ndarray) -> None:
-        self._graph, self.x64, self.f0_norm = graph, x64, f0_norm
+    def __init__(self, graph: BoundGraph, float_error: FloatErrorModel, x64: torch.Tensor) -> None:
+        self._graph, self._float_error, self.x64 = graph, float_error, x64
 
     @functools.cached_property
     def centers(self) -> list[torch.Tensor]:
         with torch.no_grad():
             return self._graph.forward_all(self.x64)
+
+    @functools.cached_property
+    def served_centers(self) -> list[torch.Tensor]:
+        """Exact values of the unfolded (served) graph's nodes at x0."""
+        with torch.no_grad():
+            return self._float_error.centers(self.x64)
+
+    @functools.cached_property
+    def point_error(self) -> np.ndarray:
+        """[B] bound of ‖f̂(x0) − f(x0)‖₂: the served feature's own rounding error."""
+        with torch.no_grad():
+            return self._float_error.at_points(self.served_centers).numpy()
 
 
 class BoundEngine:
@@ -78,6 +105,11 @@ class BoundEngine:
         self.config = config
         self.graph: BoundGraph = build_bound_graph(model)
         self.lipschitz = lipschitz_info(self.graph, config.norm_margin)
+        if config.served_format not in FORMATS:
+            raise ValueError(f"served_format must be one of {sorted(FORMATS)}, got {config.served_format!r}")
+        self.float_error = FloatErrorModel(
+            build_bound_graph(model, fold=False), self.graph, FORMATS[config.served_format]
+        )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = config.ort_threads
         opts.inter_op_num_threads = 1
@@ -132,15 +164,15 @@ class BoundEngine:
 
     def _shift_bound(
         self, method: str, ball: InputBall, centers: list[torch.Tensor], deadline: float | None
-    ) -> torch.Tensor:
-        """[N] sound upper bounds of ‖f(x) - f(x0)‖₂ over ``ball`` (before the fp margin)."""
+    ) -> tuple[torch.Tensor, Bounds | None]:
+        """[N] sound upper bounds of ‖f(x) - f(x0)‖₂ over ``ball`` (exact math, before the fp margin),
+        with the node intervals the method computed (None for LIPSCHITZ)."""
         if method == "lipschitz":
-            return lipschitz_fallback(self.lipschitz, ball)
+            return lipschitz_fallback(self.lipschitz, ball), None
         if method == "local_lipschitz":
             bounds = interval_bounds(self.graph, ball, centers, self.lipschitz)
-            return (
-                local_lipschitz(self.graph, bounds, self.lipschitz, self.config.norm_margin) * ball.l2_radius
-            )
+            lip = local_lipschitz(self.graph, bounds, self.lipschitz, self.config.norm_margin)
+            return lip * ball.l2_radius, bounds
         f0 = centers[self.graph.output].reshape(ball.x0.shape[0], -1)
         if method == "crown":
             bounds = crown_intermediate_bounds(
@@ -151,14 +183,40 @@ class BoundEngine:
         lo, hi = (t.reshape(f0.shape) for t in bounds[self.graph.output])
         ibp = torch.maximum(hi - f0, f0 - lo).clamp(min=0).norm(dim=1)
         if method == "ibp":
-            return ibp
+            return ibp, bounds
         shift = output_shift_bounds(self.graph, ball, f0, bounds, self.config.norm_margin, self.config.crown)
-        return torch.minimum(torch.minimum(shift.per_feature, shift.linear_part), ibp)
+        return torch.minimum(torch.minimum(shift.per_feature, shift.linear_part), ibp), bounds
+
+    def _served_error(self, prep: _Prepared, rows: torch.Tensor, ball: InputBall, bounds: Bounds | None):
+        """[n] float margin E(ball) + E(x0): rounding of the served model at x′ and at x0."""
+        served = [c[rows] for c in prep.served_centers]
+        return self.float_error.bound(ball, served, bounds).numpy() + prep.point_error[rows.numpy()]
+
+    @torch.no_grad()
+    def served_error(self, images: np.ndarray, radius: np.ndarray, *, norm: str = "l2", clip: bool = False):
+        """[B] floating-point margin E(ball) + E(x): a proven bound on ‖f̂(x′) − f(x′)‖₂ + ‖f̂(x) − f(x)‖₂
+        for every x′ in the ``norm`` ball of ``radius`` [B] around each image (float_error.py)."""
+        prep = self._prepare(images, clip)
+        rows = torch.arange(prep.x64.shape[0])
+        ball = InputBall(prep.x64, torch.as_tensor(np.asarray(radius, dtype=np.float64)), norm, clip)
+        return self._served_error(prep, rows, ball, None)
+
+    @torch.no_grad()
+    def served_point_error(self, images: np.ndarray) -> np.ndarray:
+        """[B] proven bound of ‖f̂(x) − f(x)‖₂: the served feature's rounding error at each image."""
+        return self._prepare(images, False).point_error.copy()
+
+    @functools.cache  # noqa: B019 (one engine per served model: the cache lives as long as it)
+    def pixel_box_float_margin(self) -> float:
+        """Proven bound of ‖f̂(x′) − f(x′)‖₂ + ‖f̂(x) − f(x)‖₂ for any x, x′ in [0, 1]ⁿ: the largest
+        floating-point margin a request on in-range images can get."""
+        center = np.full((1, *self.input_shape), 0.5)
+        return float(2 * self.served_error(center, np.array([0.5]), norm="linf", clip=True)[0])
 
     def _evaluator(self, prep: _Prepared, method: str, norm: str, clip: bool, deadline: float | None):
         cfg = self.config
-        x64, f0_norm = prep.x64, prep.f0_norm
-        per_pass = {"lipschitz": 1 << 30, "crown": cfg.crown_rows_per_pass}
+        x64 = prep.x64
+        per_pass = {"lipschitz": cfg.rows_per_pass, "crown": cfg.crown_rows_per_pass}
         rows_per_pass = per_pass.get(method, cfg.rows_per_pass)
 
         def evaluate(rows: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -169,18 +227,17 @@ class BoundEngine:
                     x64[r], torch.as_tensor(radii[s : s + rows_per_pass], dtype=torch.float64), norm, clip
                 )
                 centers = [] if method == "lipschitz" else [c[r] for c in prep.centers]
-                u = self._shift_bound(method, ball, centers, deadline).numpy()
-                out[s : s + len(r)] = u
-            fn = f0_norm[rows]
-            return out * (1 + cfg.shift_margin_relative) + cfg.shift_margin_absolute * (1 + fn)
+                u, bounds = self._shift_bound(method, ball, centers, deadline)
+                margin = self._served_error(prep, r, ball, bounds)
+                out[s : s + len(r)] = u.numpy() * (1 + cfg.shift_margin_relative) + margin
+            return out
 
         return evaluate
 
     def _prepare(self, images: np.ndarray, clip: bool) -> _Prepared:
         x = self._check_images(images, require_box=clip)
-        # ‖f(x)‖ only scales the fp margin: the served float32 model's value is precise enough
-        f0_norm = np.linalg.norm(self.features(x).astype(np.float64), axis=1)
-        return _Prepared(self.graph, torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64), f0_norm)
+        x64 = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)
+        return _Prepared(self.graph, self.float_error, x64)
 
     def _l_eff(self, norm: str) -> float:
         n = int(np.prod(self.input_shape))
@@ -220,16 +277,18 @@ class BoundEngine:
         b = rf.shape[0]
         guess = np.maximum(rf, 0.0) / self._l_eff(norm)
 
-        # Lipschitz: closed form of L·r·(1 + rel) + abs·(1 + ‖f(x)‖₂) < R_F, then verified by the evaluator
+        # Lipschitz: closed form of L·r·(1 + rel) + margin(r) < R_F with the margin taken at the largest
+        # radius the bound allows (it grows with r, so this is conservative), then verified
         cfg = self.config
-        f0_norm = prep.f0_norm
-        slack = rf - cfg.shift_margin_absolute * (1 + f0_norm)
-        r_lip = np.maximum(slack, 0.0) / (self._l_eff(norm) * (1 + cfg.shift_margin_relative)) * (1 - 1e-9)
+        l_eff = self._l_eff(norm) * (1 + cfg.shift_margin_relative)
         lip_eval = self._evaluator(prep, "lipschitz", norm, clip_to_pixel_box, deadline)
-        r_lip[(lip_eval(np.arange(b), r_lip) >= rf) | (rf <= 0)] = 0.0
+        r_max = np.maximum(rf, 0.0) / l_eff
+        margin = lip_eval(np.arange(b), r_max) - r_max * l_eff
+        r_lip = np.maximum(rf - margin, 0.0) / l_eff * (1 - 1e-9)
+        r_lip[(lip_eval(np.arange(b), r_lip) >= rf) | (rf <= 0) | ~np.isfinite(r_lip)] = 0.0
         evals = b
         if method == "lipschitz":
-            return RadiusResult(r_lip, ["lipschitz"] * b, evals)
+            return RadiusResult(r_lip, ["lipschitz"] * b, evals, completed=True)
 
         if method != "auto":
             ev = self._evaluator(prep, method, norm, clip_to_pixel_box, deadline)
@@ -244,26 +303,32 @@ class BoundEngine:
                 raise DeadlineExceeded(f"{method} search ran past the deadline") from exc
             if not res.finished and deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"{method} search ran past the deadline")
-            return RadiusResult(res.radius, [method] * b, res.evaluations + seed_evals)
+            return RadiusResult(res.radius, [method] * b, res.evaluations + seed_evals, completed=True)
 
         best, used = r_lip.copy(), ["lipschitz"] * b
         plan = ["local_lipschitz", "crown_ibp"]
         budget = None if deadline is None else deadline - time.monotonic()
         if budget is not None and budget > b * self.config.auto_crown_seconds_per_image:
             plan.append("crown")
+        completed = True  # False once the deadline skips a planned method or cuts a search short
         for m in plan:
             if deadline is not None and time.monotonic() > deadline:
+                completed = False
                 break
             ev = self._evaluator(prep, m, norm, clip_to_pixel_box, deadline)
             try:
                 res = search_radius(ev, rf, guess, best, scfg, deadline)
             except DeadlineExceeded:
+                completed = False
                 break
             evals += res.evaluations
             for i in range(b):
                 if res.radius[i] > best[i]:
                     best[i], used[i] = res.radius[i], m
-        return RadiusResult(best, used, evals)
+            if res.stopped_at_deadline:
+                completed = False
+                break
+        return RadiusResult(best, used, evals, completed)
 
     @torch.no_grad()
     def curve(
@@ -275,8 +340,9 @@ class BoundEngine:
         method: str = "auto",
         clip_to_pixel_box: bool = True,
         deadline: float | None = None,
-    ) -> np.ndarray:
-        """[B, K] sound upper bounds U(r_k) of the feature shift, non-decreasing in r_k."""
+    ) -> CurveResult:
+        """[B, K] sound upper bounds U(r_k) of the feature shift, non-decreasing in r_k, and whether every
+        method ran (AUTO stops at the deadline with the bounds so far; an explicit method raises)."""
         if method not in (*METHODS, "auto"):
             raise ValueError(f"unknown method {method!r}")
         prep = self._prepare(images, clip_to_pixel_box)
@@ -300,12 +366,18 @@ class BoundEngine:
         ):
             methods.append("crown")
         u = np.full(flat.shape, np.inf)
-        for m in methods:
+        completed = True
+        for n, m in enumerate(methods):
+            # AUTO always keeps the first (Lipschitz) bounds, then stops once the deadline has passed
+            if n and deadline is not None and time.monotonic() > deadline:
+                completed = False
+                break
             try:
                 um = self._evaluator(prep, m, norm, clip_to_pixel_box, deadline)(rows, flat)
             except DeadlineExceeded:
                 if method != "auto":
                     raise
+                completed = False
                 break
             u = np.minimum(u, um)
         u = u.reshape(b, k)
@@ -315,4 +387,4 @@ class BoundEngine:
         u_sorted = np.minimum.accumulate(u_sorted[:, ::-1], axis=1)[:, ::-1]
         out = np.empty_like(u)
         np.put_along_axis(out, order, u_sorted, axis=1)
-        return out
+        return CurveResult(out, completed)

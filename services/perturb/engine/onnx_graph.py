@@ -140,8 +140,12 @@ def load_onnx_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx
     return onnx.load(os.fspath(source))
 
 
-def build_bound_graph(model: onnx.ModelProto) -> BoundGraph:
-    """Translate an ONNX encoder (input [B, C, H, W], output [B, D]) into a folded BoundGraph."""
+def build_bound_graph(model: onnx.ModelProto, *, fold: bool = True) -> BoundGraph:
+    """Translate an ONNX encoder (input [B, C, H, W], output [B, D]) into a BoundGraph.
+
+    ``fold=True`` merges chains of affine nodes (the graph the bounds use); ``fold=False`` keeps one
+    node per served ONNX op, the graph whose float32 rounding the error model charges.
+    """
     g = model.graph
     for node in g.node:
         if node.op_type not in SUPPORTED_OPS or node.domain not in ("", "ai.onnx"):
@@ -324,7 +328,8 @@ def build_bound_graph(model: onnx.ModelProto) -> BoundGraph:
             )
         )
         out_idx = len(nodes) - 1
-    return fold_affine(prune(BoundGraph(nodes, out_idx)))
+    pruned = prune(BoundGraph(nodes, out_idx))
+    return fold_affine(pruned) if fold else pruned
 
 
 def _const(consts: dict, name: str, node: onnx.NodeProto) -> np.ndarray:

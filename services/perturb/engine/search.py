@@ -31,11 +31,13 @@ class SearchConfig:
 
 @dataclass
 class SearchOutcome:
-    """Verified radii [B], number of bound evaluations, and whether every image met the tolerance."""
+    """Verified radii [B], number of bound evaluations, whether every image met the tolerance, and
+    whether the deadline stopped the search (rather than its round limit)."""
 
     radius: np.ndarray
     evaluations: int
     finished: bool
+    stopped_at_deadline: bool = False
 
 
 def _candidates(
@@ -118,7 +120,7 @@ def search_radius(
         if not todo:
             return SearchOutcome(lo, evaluations, True)
         if deadline is not None and time.monotonic() > deadline:
-            return SearchOutcome(lo, evaluations, False)
+            return SearchOutcome(lo, evaluations, False, stopped_at_deadline=True)
         rows, radii = [], []
         for i in todo:
             if first[i] and seed is not None and seed[i] > lo[i] and math.isinf(hi[i]):

@@ -4,6 +4,8 @@
 engine's verified search returns only radii whose bound was evaluated below R_F. The ℓ2 certificate
 converted to the parameter box (t = R / max‖Aθ‖ over the unit box, e.g. B = R/√d for brightness) is a
 sound floor, so the answer is never worse than what the ℓ2 F2IPerturb radius implies.
+
+A search the deadline cuts short raises ``DeadlineExceeded`` (never a silent fall back to the floor).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.perturb.engine import BoundEngine
+from services.perturb.engine import BoundEngine, DeadlineExceeded
 from services.perturb.engine.search import SearchConfig, search_radius
 from services.perturb.semantic.composed import ComposedBounds
 from services.perturb.semantic.sp_layer import basis, check_kind, l2_conversion
@@ -33,7 +35,8 @@ class SemanticConfig:
 
 @dataclass
 class SemanticResult:
-    """Per image [B]: certified box radius t, brightness B, contrast C, the ℓ2-implied t, method."""
+    """Per image [B]: certified box radius t, brightness B, contrast C, the ℓ2-implied t, method; and
+    whether every search completed (False only when an AUTO ℓ2-floor search stopped at the deadline)."""
 
     parameter_radius: np.ndarray
     brightness: np.ndarray  # |b| ≤ B certified (0 for contrast-only)
@@ -41,6 +44,7 @@ class SemanticResult:
     l2_floor: np.ndarray  # t implied by the ℓ2 radius alone (the floor)
     method_used: list[str]
     bound_evaluations: int
+    completed: bool
 
 
 class SemanticCertifier:
@@ -60,7 +64,10 @@ class SemanticCertifier:
         contrast_per_brightness: float = 1.0,
         deadline: float | None = None,
     ) -> SemanticResult:
-        """Largest verified t per image with max over the SP box of ‖f(x') − f(x)‖₂ < R_F (unclipped x')."""
+        """Largest verified t per image with max over the SP box of ‖f(x') − f(x)‖₂ < R_F (unclipped x').
+
+        Raises ``DeadlineExceeded`` when the deadline passes before the θ-search meets its tolerance.
+        """
         check_kind(kind)
         if method not in (*METHODS, "auto"):
             raise ValueError(f"method must be one of {METHODS + ('auto',)}, got {method!r}")
@@ -71,10 +78,11 @@ class SemanticCertifier:
         if rf.shape[0] != x.shape[0]:
             raise ValueError(f"{x.shape[0]} images but {rf.shape[0]} feature radii")
         cfg, ecfg = self.config, self.engine.config
-        radius_l2 = self.engine.image_radius(
+        l2 = self.engine.image_radius(
             x, rf, method=cfg.l2_floor_method, relative_tolerance=relative_tolerance,
             clip_to_pixel_box=False, deadline=deadline,
-        ).image_radius
+        )
+        radius_l2 = l2.image_radius
         bases = [basis(xi, kind, contrast_per_brightness) for xi in x]
         floor = np.array([l2_conversion(r, a) for r, a in zip(radius_l2, bases, strict=True)])
         # a black image has no contrast to change: every C is certified, reported as the search's ceiling
@@ -85,21 +93,25 @@ class SemanticCertifier:
             composed: dict[int, ComposedBounds] = {}
 
             def evaluate(rows: np.ndarray, radii: np.ndarray) -> np.ndarray:
-                out = np.full(len(rows), np.inf)  # past the deadline: unverified, the search keeps its lo
+                out = np.full(len(rows), np.inf)
                 if deadline is not None and time.monotonic() > deadline:
-                    return out
+                    raise DeadlineExceeded("semantic search ran past the deadline")
                 for i in np.unique(rows):
                     if i not in composed:
                         composed[i] = ComposedBounds(self.engine.graph, x[i], bases[i], pieces=cfg.pieces)
                     sel = rows == i
                     u = composed[i].shift_bound(radii[sel], run)
-                    f0 = float(composed[i].f0.norm())
-                    out[sel] = u * (1 + ecfg.shift_margin_relative) + ecfg.shift_margin_absolute * (1 + f0)
+                    # the served model's rounding over an ℓ∞ box holding every x0 + Aθ, |θ_j| ≤ t
+                    linf = radii[sel] * float(np.abs(bases[i]).sum(axis=0).max())
+                    fp = self.engine.served_error(np.repeat(x[i : i + 1], len(linf), 0), linf, norm="linf")
+                    out[sel] = u * (1 + ecfg.shift_margin_relative) + fp
                 return out
 
             scfg = SearchConfig(relative_tolerance=relative_tolerance, radii_per_round=cfg.radii_per_round)
             guess = np.where(floor > 0, floor, 1e-3)
             res = search_radius(evaluate, rf, guess, floor, scfg, deadline)
+            if res.stopped_at_deadline:
+                raise DeadlineExceeded("semantic search ran past the deadline")
             evals = res.evaluations
             for i in range(len(x)):
                 if res.radius[i] > best[i]:
@@ -108,4 +120,4 @@ class SemanticCertifier:
         zero = np.zeros_like(best)
         brightness = zero if kind == "contrast" else best.copy()
         contrast = {"brightness": zero, "contrast": best.copy()}.get(kind, best * contrast_per_brightness)
-        return SemanticResult(best, brightness, contrast, floor, used, evals)
+        return SemanticResult(best, brightness, contrast, floor, used, evals, l2.completed)
