@@ -24,6 +24,7 @@ from edge_client.semantic import LEVELS as SEMANTIC_LEVELS
 from edge_client.semantic import run_semantic, summarize_semantic
 from edge_client.smoothing import ABSTAIN, SmoothingConfig, input_rng, predict_features
 from edge_client.training import TrainConfig, noise_sigma, select_noise_scale, train_mlp
+from reaas.methods import PERTURB_METHODS
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--alpha", type=float, default=cdefaults.alpha)
     certify.add_argument("--seed", type=int, default=cdefaults.seed)
     certify.add_argument("--perturb-method", default=cdefaults.perturb_method,
-                         choices=["auto", "lipschitz", "ibp", "crown_ibp", "crown"])
+                         choices=list(PERTURB_METHODS))
     certify.add_argument("--image-norm", choices=["l2", "linf"], default=cdefaults.image_norm)
     certify.add_argument("--clip-to-pixel-box", action="store_true")
     certify.add_argument("--image-sigma", type=float, default=cdefaults.image_sigma)

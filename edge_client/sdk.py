@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from reaas.methods import METHOD_NAMES, NORMS, PERTURB_METHODS
 from reaas.tensors import from_proto, to_proto
 from reaas.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, perturb_pb2, perturb_pb2_grpc
 
@@ -25,11 +26,9 @@ from reaas.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, perturb_pb2, per
 # past its grace) cancels its in-flight calls (seen in the fault suite when perturb restarts mid-query).
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                              grpc.StatusCode.CANCELLED})
-_NORMS = {"l2": common_pb2.L2, "linf": common_pb2.LINF}
-_METHODS = {"auto": common_pb2.AUTO, "lipschitz": common_pb2.LIPSCHITZ, "ibp": common_pb2.IBP,
-            "crown_ibp": common_pb2.CROWN_IBP, "crown": common_pb2.CROWN,
-            "local_lipschitz": common_pb2.LOCAL_LIPSCHITZ}
-_METHOD_NAMES = {v: k for k, v in _METHODS.items()}
+_NORMS = NORMS
+_METHODS = PERTURB_METHODS
+_METHOD_NAMES = METHOD_NAMES
 _MESSAGE_OVERHEAD_BYTES = 4096  # headroom for shapes, sha, usage and framing in one message
 
 

@@ -37,6 +37,7 @@ from jobs import pipeline, report
 from jobs.entry import interrupt_on_sigterm, run_script
 from jobs.reference_cnn import ReferenceConfig, certify_reference, train_reference
 from reaas.datasets import LOADERS, DataSource
+from reaas.methods import PERTURB_METHODS as PERTURB_METHOD_TABLE
 
 RADII = tuple(r for r in report.REPORT_RADII if r > 0)
 COLUMNS = ["pipeline", "encoder", "queries_per_train_input", "queries_per_test_input", "bytes_per_test_input",
@@ -45,7 +46,7 @@ COLUMNS = ["pipeline", "encoder", "queries_per_train_input", "queries_per_test_i
 PIPELINES = ("SEaaS-BC", "SEaaS-SC", "SEaaS-DS", "REaaS-BC", "REaaS-SC", "REaaS-SC one-query")
 REFERENCE = "Reference CNN (white-box SC)"
 PLOTTED = ("SEaaS-SC", "SEaaS-DS", "REaaS-BC", "REaaS-SC")
-PERTURB_METHODS = ("auto", "lipschitz", "local_lipschitz", "ibp", "crown_ibp", "crown")
+PERTURB_METHODS = tuple(PERTURB_METHOD_TABLE)
 CHOICES = {"bc_method": ("bc-crown", "bc-ibp"), "perturb_method": PERTURB_METHODS,
            "curve_method": PERTURB_METHODS, "dataset": tuple(LOADERS)}
 

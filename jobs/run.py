@@ -21,6 +21,7 @@ from edge_client.training import TrainConfig
 from jobs import pipeline, report
 from jobs.entry import interrupt_on_sigterm, run_script
 from reaas.datasets import LOADERS, DataSource
+from reaas.methods import PERTURB_METHODS
 
 LABELS = {"bc-crown": "REaaS-BC (CROWN)", "bc-ibp": "REaaS-BC (IBP)", "sc": "REaaS-SC",
           "sc-curve": "REaaS-SC one-query"}
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=100_000, help="smoothing: samples to certify")
     parser.add_argument("--alpha", type=float, default=0.001, help="smoothing: failure probability")
     parser.add_argument("--perturb-method", default="auto",
-                        choices=["auto", "lipschitz", "ibp", "crown_ibp", "crown"], help="F2IPerturb bound")
+                        choices=list(PERTURB_METHODS), help="F2IPerturb bound")
     parser.add_argument("--perturb-timeout-s", type=float, default=20.0,
                         help="deadline of each call; AUTO uses what it leaves (full CROWN needs >= 60 s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and smoothing noise")

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = ("lipschitz", "local_lipschitz", "ibp", "crown_ibp", "crown", "auto")
+from reaas.methods import BOUND_METHODS
+
+METHODS = (*BOUND_METHODS, "auto")
 SEMANTIC_KINDS = ("brightness", "contrast")
 
 

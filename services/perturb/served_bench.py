@@ -18,16 +18,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from reaas.methods import PERTURB_METHODS
 from reaas.tensors import to_proto
 from reaas.v1 import common_pb2, perturb_pb2, perturb_pb2_grpc
 
-_METHOD_ENUM = {
-    "auto": common_pb2.AUTO,
-    "lipschitz": common_pb2.LIPSCHITZ,
-    "ibp": common_pb2.IBP,
-    "crown_ibp": common_pb2.CROWN_IBP,
-    "crown": common_pb2.CROWN,
-}
+_METHOD_ENUM = PERTURB_METHODS
 _SERVER_MARGIN_S = 0.05  # PerturbConfig.deadline_margin_ms default
 _NORM_ENUM = {"l2": common_pb2.L2, "linf": common_pb2.LINF}
 

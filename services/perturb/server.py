@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
+from reaas.methods import METHOD_NAMES, NORM_NAMES, PERTURB_METHODS
 from reaas.tensors import decode_images, to_proto
-from reaas.v1 import common_pb2, perturb_pb2, perturb_pb2_grpc
+from reaas.v1 import perturb_pb2, perturb_pb2_grpc
 from services.common.config import PerturbConfig
 from services.common.metrics import ServerMetrics
 from services.common.model_file import ModelFile, engine_facts, load_model_file, model_info
@@ -16,16 +17,9 @@ from services.common.status import InvalidArgument, check_model_pin, require_fin
 from services.perturb.cache import CachedEngine
 from services.perturb.engine import BoundEngine, EngineConfig, UnsupportedModelError
 
-NORMS = {common_pb2.L2: "l2", common_pb2.LINF: "linf"}
-METHODS = {
-    common_pb2.AUTO: "auto",
-    common_pb2.LIPSCHITZ: "lipschitz",
-    common_pb2.IBP: "ibp",
-    common_pb2.CROWN_IBP: "crown_ibp",
-    common_pb2.LOCAL_LIPSCHITZ: "local_lipschitz",
-    common_pb2.CROWN: "crown",
-}
-METHOD_ENUM = {name: enum for enum, name in METHODS.items()}
+NORMS = NORM_NAMES
+METHODS = METHOD_NAMES
+METHOD_ENUM = PERTURB_METHODS
 SEMANTIC_KINDS = {
     perturb_pb2.BRIGHTNESS: "brightness",
     perturb_pb2.CONTRAST: "contrast",

@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from reaas.methods import BOUND_METHODS
 from services.perturb.engine.ball import InputBall
 from services.perturb.engine.crown import (
     CrownConfig,
@@ -29,7 +30,7 @@ from services.perturb.engine.onnx_graph import BoundGraph, build_bound_graph, lo
 from services.perturb.engine.operator_norms import NormMargin, with_margin
 from services.perturb.engine.search import SearchConfig, search_radius
 
-METHODS = ("lipschitz", "local_lipschitz", "ibp", "crown_ibp", "crown")
+METHODS = BOUND_METHODS
 # an explicit method whose search starts from a cheaper method's radius (a guess it verifies itself)
 SEED_METHOD = {"crown": "crown_ibp"}
 
