@@ -156,6 +156,12 @@ class PerturbConfig(ServerConfig):
         "bound-engine calls run at once (each uses --intra-op-threads torch threads); others queue",
         1,
     )
+    feature_threads: int = _opt(
+        "--feature-threads",
+        "REAAS_FEATURE_THREADS",
+        "ONNX Runtime (CPU, float32) intra-op threads computing the features F2IPerturbCurve returns",
+        1,
+    )
 
 
 def _base_type(annotation: Any) -> type:

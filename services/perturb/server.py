@@ -1,93 +1,33 @@
-"""F2IPerturb-API server: image radii and radius curves from the bound engine, behind a result cache."""
+"""F2IPerturb-API server: the servicer converts proto <-> domain types and delegates to the data plane."""
 
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
-from reaas.methods import METHOD_NAMES, NORM_NAMES, PERTURB_METHODS
-from reaas.tensors import decode_images, to_proto
+from reaas.methods import PERTURB_METHODS
+from reaas.tensors import to_proto
 from reaas.v1 import perturb_pb2, perturb_pb2_grpc
 from services.common.config import PerturbConfig
 from services.common.metrics import ServerMetrics
-from services.common.model_file import ModelFile, engine_facts, load_model_file, model_info
+from services.common.model_file import ModelFile, load_model_file, model_info
 from services.common.rpc import ServiceRuntime, unary_rpc
 from services.common.server import ManagedServer, build_server
-from services.common.status import InvalidArgument, check_model_pin, require_finite_range
-from services.perturb.cache import CachedEngine
+from services.common.status import check_model_pin
+from services.perturb import validation
+from services.perturb.dataplane import (
+    CurveAnswer,
+    CurveQuery,
+    PerturbDataPlane,
+    RadiusQuery,
+    SemanticQuery,
+    feature_model,
+)
 from services.perturb.engine import BoundEngine, EngineConfig, UnsupportedModelError
-
-NORMS = NORM_NAMES
-METHODS = METHOD_NAMES
-METHOD_ENUM = PERTURB_METHODS
-SEMANTIC_KINDS = {
-    perturb_pb2.BRIGHTNESS: "brightness",
-    perturb_pb2.CONTRAST: "contrast",
-    perturb_pb2.BRIGHTNESS_CONTRAST: "brightness_contrast",
-}
-DEFAULT_RELATIVE_TOLERANCE = 1e-3
-DEFAULT_NUM_RADII, DEFAULT_MIN_RADIUS, DEFAULT_MAX_RADIUS = 64, 1e-3, 4.0
-
-
-def _norm(value: int, field: str) -> str:
-    if value not in NORMS:
-        raise InvalidArgument(field, f"unknown Norm {value}")
-    return NORMS[value]
-
-
-def _method(value: int, field: str) -> str:
-    if value not in METHODS:
-        raise InvalidArgument(field, f"unknown Method {value}")
-    return METHODS[value]
-
-
-def feature_radii(values, batch: int) -> np.ndarray:
-    """R_F [B] float64: exactly one finite, non-negative entry per image."""
-    radii = np.asarray(values, dtype=np.float64)
-    if radii.shape != (batch,):
-        raise InvalidArgument("feature_radius", f"expected {batch} entries (one per image), got {radii.size}")
-    bad = np.flatnonzero(~np.isfinite(radii) | (radii < 0))
-    if bad.size:
-        raise InvalidArgument(
-            "feature_radius", f"entry {bad[0]} is {radii[bad[0]]!r}; must be finite and >= 0"
-        )
-    return radii
-
-
-def semantic_request(request) -> tuple[str, str, float]:
-    """(perturbation kind, method, contrast_per_brightness) of an F2ISemanticRequest, validated."""
-    if request.perturbation not in SEMANTIC_KINDS:
-        raise InvalidArgument("perturbation", f"unknown SemanticPerturbation {request.perturbation}")
-    method = _method(request.method, "method")
-    if method == "local_lipschitz":
-        raise InvalidArgument("method", "LOCAL_LIPSCHITZ has no semantic variant")
-    ratio = request.contrast_per_brightness
-    ratio = 1.0 if ratio == 0 else require_finite_range("contrast_per_brightness", ratio, 1e-6, 1e6)
-    return SEMANTIC_KINDS[request.perturbation], method, ratio
-
-
-def relative_tolerance(value: float) -> float:
-    """0 means the server default 1e-3; otherwise it must lie in [1e-6, 0.5]."""
-    if value == 0:
-        return DEFAULT_RELATIVE_TOLERANCE
-    return require_finite_range("relative_tolerance", value, 1e-6, 0.5)
-
-
-def radius_ladder(num_radii: int, min_radius: float, max_radius: float) -> np.ndarray:
-    """Geometric ladder r_k [K] float64; zeros select the defaults (64 radii, 1e-3 .. 4.0)."""
-    num = DEFAULT_NUM_RADII if num_radii == 0 else num_radii
-    if not 2 <= num <= 1024:
-        raise InvalidArgument("num_radii", f"must be 0 or in [2, 1024], got {num_radii}")
-    low = DEFAULT_MIN_RADIUS if min_radius == 0 else min_radius
-    high = DEFAULT_MAX_RADIUS if max_radius == 0 else max_radius
-    if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
-        raise InvalidArgument("min_radius", f"need finite 0 < min_radius < max_radius, got {low!r}, {high!r}")
-    return np.geomspace(low, high, num)
 
 
 class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
-    """F2IPerturb, F2IPerturbCurve, F2ISemantic and GetModelInfo: validate, charge, delegate to the cached
-    engine (its result cache and its concurrent-bounds limit cover all three bound RPCs)."""
+    """F2IPerturb, F2IPerturbCurve, F2ISemantic and GetModelInfo: validate, charge, delegate to the data
+    plane (which owns the engine, the result cache and the concurrent-bounds limit), convert back."""
 
     # DeadlineExceeded is a TimeoutError and maps to DEADLINE_EXCEEDED in services.common.status.
     error_codes = {UnsupportedModelError: grpc.StatusCode.FAILED_PRECONDITION}
@@ -96,107 +36,121 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
         self,
         runtime: ServiceRuntime,
         model: ModelFile,
-        engine: CachedEngine,
+        data_plane: PerturbDataPlane,
         *,
         max_batch_size: int,
         deadline_margin_s: float,
     ):
         self.runtime = runtime
-        self._model, self._engine = model, engine
+        self._model, self._plane = model, data_plane
         self._max_batch_size = max_batch_size
         self._margin_s = deadline_margin_s
 
-    def _images(self, request) -> np.ndarray:
-        check_model_pin(request.model_sha256, self._model.sha256)
-        return decode_images(
-            request.images,
-            field="images",
-            input_shape=self._engine.engine.input_shape,
-            max_batch_size=self._max_batch_size,
-        )
-
     @unary_rpc
     def F2IPerturb(self, request, call):
-        images = self._images(request)
-        radii_f = feature_radii(request.feature_radius, len(images))
-        norm, method = _norm(request.norm, "norm"), _method(request.method, "method")
-        tolerance = relative_tolerance(request.relative_tolerance)
-        call.charge(len(images))
-        result = self._engine.image_radius(
-            images,
-            radii_f,
-            norm=norm,
-            method=method,
-            relative_tolerance=tolerance,
-            clip_to_pixel_box=request.clip_to_pixel_box,
-            deadline=call.deadline(self._margin_s),
-        )
+        query = self._radius_query(request)
+        call.charge(len(query.images))
+        result = self._plane.image_radius(query, deadline=call.deadline(self._margin_s))
         return perturb_pb2.F2IPerturbResponse(
             image_radius=result.image_radius.tolist(),
-            method_used=[METHOD_ENUM[m] for m in result.method_used],
+            method_used=_method_values(result.method_used),
             model_sha256=self._model.sha256,
             search_completed=result.completed,
         )
 
     @unary_rpc
     def F2IPerturbCurve(self, request, call):
-        images = self._images(request)
-        norm, method = _norm(request.norm, "norm"), _method(request.method, "method")
-        ladder = radius_ladder(request.num_radii, request.min_radius, request.max_radius)
-        call.charge(len(images))
-        features, bounds = self._engine.curve(
-            images,
-            ladder,
-            norm=norm,
-            method=method,
-            clip_to_pixel_box=request.clip_to_pixel_box,
-            deadline=call.deadline(self._margin_s),
-        )
-        curves = [
-            perturb_pb2.RadiusCurve(image_radius=ladder.tolist(), feature_shift_bound=row.tolist())
-            for row in bounds.bounds
-        ]
-        # The engine's curve is the pointwise minimum over methods: AUTO stays AUTO here.
-        return perturb_pb2.F2IPerturbCurveResponse(
-            features=to_proto(features),
-            curves=curves,
-            method_used=[request.method] * len(images),
-            model_sha256=self._model.sha256,
-            search_completed=bounds.completed,
-        )
+        query = self._curve_query(request)
+        call.charge(len(query.images))
+        answer = self._plane.curve(query, deadline=call.deadline(self._margin_s))
+        # the curve is the pointwise minimum over the methods run: AUTO stays AUTO
+        return _curve_response(answer, [request.method] * len(query.images), self._model.sha256)
 
     @unary_rpc
     def F2ISemantic(self, request, call):
-        images = self._images(request)
-        radii_f = feature_radii(request.feature_radius, len(images))
-        kind, method, ratio = semantic_request(request)
-        tolerance = relative_tolerance(request.relative_tolerance)
-        call.charge(len(images))
-        # DeadlineExceeded when the search cannot finish in time, like every other RPC
-        result = self._engine.semantic(
-            images, radii_f, kind, method=method, relative_tolerance=tolerance,
-            contrast_per_brightness=ratio, deadline=call.deadline(self._margin_s),
-        )
+        query = self._semantic_query(request)
+        call.charge(len(query.images))
+        result = self._plane.semantic(query, deadline=call.deadline(self._margin_s))
         return perturb_pb2.F2ISemanticResponse(
             brightness=result.brightness.tolist(),
             contrast=result.contrast.tolist(),
-            l2_equivalent=result.l2_floor.tolist(),
-            method_used=[METHOD_ENUM[m] for m in result.method_used],
+            l2_equivalent=result.l2_equivalent.tolist(),
+            method_used=_method_values(result.method_used),
             model_sha256=self._model.sha256,
             search_completed=result.completed,
         )
 
     @unary_rpc
     def GetModelInfo(self, request, call):
-        engine = self._engine.engine
+        facts = self._plane.model_facts()
         return model_info(
             self._model,
-            input_shape=engine.input_shape,
-            feature_dim=engine.feature_dim,
+            input_shape=facts.input_shape,
+            feature_dim=facts.feature_dim,
             max_batch_size=self._max_batch_size,
-            execution_provider="torch-cpu",
-            facts=engine_facts(engine),
+            execution_provider=facts.bound_device,
+            facts=facts.verified,
         )
+
+    # ---- proto -> domain, validated in the order the fields are documented ----
+
+    def _images(self, request):
+        check_model_pin(request.model_sha256, self._model.sha256)
+        return validation.images(
+            request.images, input_shape=self._plane.input_shape, max_batch_size=self._max_batch_size
+        )
+
+    def _radius_query(self, request) -> RadiusQuery:
+        images = self._images(request)
+        return RadiusQuery(
+            images=images,
+            feature_radius=validation.feature_radii(request.feature_radius, len(images)),
+            norm=validation.norm(request.norm),
+            method=validation.method(request.method),
+            relative_tolerance=validation.relative_tolerance(request.relative_tolerance),
+            clip_to_pixel_box=request.clip_to_pixel_box,
+        )
+
+    def _curve_query(self, request) -> CurveQuery:
+        return CurveQuery(
+            images=self._images(request),
+            norm=validation.norm(request.norm),
+            method=validation.method(request.method),
+            image_radii=validation.radius_ladder(request.num_radii, request.min_radius, request.max_radius),
+            clip_to_pixel_box=request.clip_to_pixel_box,
+        )
+
+    def _semantic_query(self, request) -> SemanticQuery:
+        images = self._images(request)
+        return SemanticQuery(
+            images=images,
+            feature_radius=validation.feature_radii(request.feature_radius, len(images)),
+            perturbation=validation.semantic_perturbation(request.perturbation),
+            method=validation.semantic_method(request.method),
+            contrast_per_brightness=validation.contrast_per_brightness(request.contrast_per_brightness),
+            relative_tolerance=validation.relative_tolerance(request.relative_tolerance),
+        )
+
+
+# ---- domain -> proto ----
+
+
+def _method_values(names: list[str]) -> list[int]:
+    return [PERTURB_METHODS[name] for name in names]
+
+
+def _curve_response(answer: CurveAnswer, method_used: list[int], sha256: str):
+    radii = answer.image_radii.tolist()
+    curves = [
+        perturb_pb2.RadiusCurve(image_radius=radii, feature_shift_bound=row.tolist()) for row in answer.bounds
+    ]
+    return perturb_pb2.F2IPerturbCurveResponse(
+        features=to_proto(answer.features),
+        curves=curves,
+        method_used=method_used,
+        model_sha256=sha256,
+        search_completed=answer.completed,
+    )
 
 
 def create_server(config: PerturbConfig, engine=None) -> tuple[ManagedServer, int]:
@@ -210,23 +164,25 @@ def create_server(config: PerturbConfig, engine=None) -> tuple[ManagedServer, in
             f"for {config.served_precision}"
         )
     metrics = ServerMetrics("perturb")
-    cached = CachedEngine(
-        engine, config.cache_entries, on_lookup=metrics.record_cache, max_concurrent=config.concurrent_bounds
+    plane = PerturbDataPlane(
+        engine,
+        feature_model(model.path, config.feature_threads),
+        cache_entries=config.cache_entries,
+        concurrent_bounds=config.concurrent_bounds,
+        on_cache_lookup=metrics.record_cache,
     )
 
     def register(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
-        perturb_pb2_grpc.add_PerturbServicer_to_server(
-            PerturbServicer(
-                runtime,
-                model,
-                cached,
-                max_batch_size=config.max_batch_size,
-                deadline_margin_s=config.deadline_margin_ms / 1000.0,
-            ),
-            server,
+        servicer = PerturbServicer(
+            runtime,
+            model,
+            plane,
+            max_batch_size=config.max_batch_size,
+            deadline_margin_s=config.deadline_margin_ms / 1000.0,
         )
+        perturb_pb2_grpc.add_PerturbServicer_to_server(servicer, server)
         return [perturb_pb2.DESCRIPTOR.services_by_name["Perturb"].full_name]
 
     server, port = build_server(config, "perturb", register, metrics=metrics)
-    server.cache = cached.cache  # exposed for tests
+    server.data_plane = plane  # exposed for tests and benchmarks
     return server, port

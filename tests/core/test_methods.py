@@ -42,8 +42,9 @@ def test_every_cli_offers_every_method():
 
 def test_server_and_sdk_share_the_table():
     from edge_client import sdk
-    from services.perturb import server
+    from services.perturb import server, validation
     from services.perturb.engine.engine import METHODS
 
-    assert sdk._METHODS is PERTURB_METHODS and server.METHOD_ENUM is PERTURB_METHODS
+    assert sdk._METHODS is PERTURB_METHODS and server.PERTURB_METHODS is PERTURB_METHODS
+    assert validation.METHOD_NAMES is METHOD_NAMES
     assert tuple(METHODS) == BOUND_METHODS

@@ -38,7 +38,7 @@ def test_client_semantic_matches_the_certifier(served):
     answer = client.semantic(x, rf, perturbation="brightness")
     local = SemanticCertifier(BoundEngine.from_onnx(path)).certify(x, rf, "brightness")
     np.testing.assert_allclose(answer.brightness, local.brightness)
-    np.testing.assert_allclose(answer.l2_equivalent, local.l2_floor)
+    np.testing.assert_allclose(answer.l2_equivalent, local.l2_equivalent)
     assert np.all(answer.contrast == 0) and answer.methods_used == ["crown", "crown"]
     both = client.semantic(x, rf, perturbation="brightness_contrast", contrast_per_brightness=0.5)
     np.testing.assert_allclose(both.contrast, 0.5 * both.brightness)

@@ -71,7 +71,7 @@ def test_one_parameter_certificates_are_sound(kind, method):
         t = res.parameter_radius[i]
         assert t > 0
         assert _attack_1d(net, x[i], a, t) < rf[i]
-        assert t >= res.l2_floor[i]
+        assert t >= res.l2_equivalent[i]
     values = res.brightness if kind == "brightness" else res.contrast
     np.testing.assert_array_equal(values, res.parameter_radius)
 

@@ -73,9 +73,6 @@ class ScriptedEngine:
         # with hold=True, image_radius signals ``entered`` and keeps its engine slot until ``release`` is set
         self.hold, self.entered, self.release = hold, threading.Event(), threading.Event()
 
-    def features(self, x: np.ndarray) -> np.ndarray:
-        return np.zeros((len(x), 3), dtype=np.float32)
-
     def image_radius(
         self, x, feature_radius, *, norm, method, relative_tolerance, clip_to_pixel_box, deadline
     ):

@@ -11,6 +11,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_helpers import auth, images, replace
 
@@ -117,7 +118,8 @@ def test_model_info_reports_the_engine_bound(start_server, perturb_config, linea
     assert sigma <= info.lipschitz_bound_l2 <= 1.01 * sigma
     assert info.model_sha256 == hashlib.sha256(linear_onnx.read_bytes()).hexdigest()
     assert info.feature_dim == 6 and list(info.input_shape) == [1, 28, 28]
-    assert info.execution_provider == "torch-cpu" and info.max_batch_size == 64
+    assert info.execution_provider == f"torch-cpu ({torch.get_num_threads()} threads)"
+    assert info.max_batch_size == 64
     assert info.lipschitz_bound_verified and info.served_precision == "float32"
     # linear f = W x, no bias: E ≤ γ_k ‖|W| 1‖₂ + σ u ‖1‖₂ on the pixel box (and twice that for two points)
     w = np.abs(linear_weight.astype(np.float64))
@@ -214,7 +216,8 @@ def test_auth_quota_and_health(start_server, perturb_config):
 
 
 class StandInEngine:
-    """The bound engine's API with scripted behaviour: radius = R_F / 2, records calls and deadlines."""
+    """The bound engine's API (no ``features``: the data plane runs the served model itself) with scripted
+    behaviour: radius = R_F / 2, records calls and deadlines."""
 
     input_shape = (1, 28, 28)
     feature_dim = 3
@@ -227,9 +230,6 @@ class StandInEngine:
     def __init__(self, behaviour: str = "ok"):
         self.behaviour = behaviour
         self.calls: list[tuple[str, int, float | None]] = []
-
-    def features(self, x: np.ndarray) -> np.ndarray:
-        return np.repeat(x.reshape(len(x), -1).mean(axis=1, keepdims=True), 3, axis=1).astype(np.float32)
 
     def image_radius(
         self, x, feature_radius, *, norm, method, relative_tolerance, clip_to_pixel_box, deadline
@@ -331,8 +331,8 @@ def test_a_server_bug_is_internal_without_leaking_details(start_server, perturb_
 def test_every_engine_method_has_a_wire_name_on_both_sides():
     """A method the engine can report must map to the proto enum on the server and back in the SDK."""
     from edge_client.sdk import _METHOD_NAMES
+    from reaas.methods import PERTURB_METHODS
     from services.perturb.engine.engine import METHODS as ENGINE_METHODS
-    from services.perturb.server import METHOD_ENUM
 
-    assert set(ENGINE_METHODS) <= set(METHOD_ENUM)
-    assert {METHOD_ENUM[m] for m in ENGINE_METHODS} <= set(_METHOD_NAMES)
+    assert set(ENGINE_METHODS) <= set(PERTURB_METHODS)
+    assert {PERTURB_METHODS[m] for m in ENGINE_METHODS} <= set(_METHOD_NAMES)

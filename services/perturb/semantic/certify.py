@@ -3,9 +3,10 @@
 ``U(t)`` bounds ``max_{|θ_j| ≤ t} ‖f(x0 + Aθ) − f(x0)‖₂`` on the composed θ-graph (``composed.py``); the
 engine's verified search returns only radii whose bound was evaluated below R_F. The ℓ2 certificate
 converted to the parameter box (t = R / max‖Aθ‖ over the unit box, e.g. B = R/√d for brightness) is a
-sound floor, so the answer is never worse than what the ℓ2 F2IPerturb radius implies.
+sound floor (``l2_equivalent``), so the answer is never worse than what the ℓ2 F2IPerturb radius implies.
 
-A search the deadline cuts short raises ``DeadlineExceeded`` (never a silent fall back to the floor).
+A search the deadline cuts short raises ``DeadlineExceeded`` (never a silent fall back to
+``l2_equivalent``).
 """
 
 from __future__ import annotations
@@ -29,19 +30,20 @@ class SemanticConfig:
 
     pieces: int = 4  # sub-boxes per parameter axis (1-D: 4 intervals; 2-D: 4x4 boxes)
     radii_per_round: int = 2
-    l2_floor_method: str = "lipschitz"  # engine method whose ℓ2 radius gives the sound floor
+    l2_equivalent_method: str = "lipschitz"  # engine method whose ℓ2 radius gives l2_equivalent
     auto_method: str = "crown"  # what AUTO runs on the θ-graph
 
 
 @dataclass
 class SemanticResult:
     """Per image [B]: certified box radius t, brightness B, contrast C, the ℓ2-implied t, method; and
-    whether every search completed (False only when an AUTO ℓ2-floor search stopped at the deadline)."""
+    whether every search completed (False only when the AUTO ℓ2 search behind ``l2_equivalent`` stopped
+    at the deadline)."""
 
     parameter_radius: np.ndarray
     brightness: np.ndarray  # |b| ≤ B certified (0 for contrast-only)
     contrast: np.ndarray  # |c − 1| ≤ C certified (0 for brightness-only)
-    l2_floor: np.ndarray  # t implied by the ℓ2 radius alone (the floor)
+    l2_equivalent: np.ndarray  # t implied by the ℓ2 radius alone (a sound floor of t)
     method_used: list[str]
     bound_evaluations: int
     completed: bool
@@ -79,15 +81,15 @@ class SemanticCertifier:
             raise ValueError(f"{x.shape[0]} images but {rf.shape[0]} feature radii")
         cfg, ecfg = self.config, self.engine.config
         l2 = self.engine.image_radius(
-            x, rf, method=cfg.l2_floor_method, relative_tolerance=relative_tolerance,
+            x, rf, method=cfg.l2_equivalent_method, relative_tolerance=relative_tolerance,
             clip_to_pixel_box=False, deadline=deadline,
         )
         radius_l2 = l2.image_radius
         bases = [basis(xi, kind, contrast_per_brightness) for xi in x]
-        floor = np.array([l2_conversion(r, a) for r, a in zip(radius_l2, bases, strict=True)])
+        l2_equivalent = np.array([l2_conversion(r, a) for r, a in zip(radius_l2, bases, strict=True)])
         # a black image has no contrast to change: every C is certified, reported as the search's ceiling
-        floor = np.minimum(floor, SearchConfig().largest_radius)
-        best, used, evals = floor.copy(), ["lipschitz"] * len(x), 0
+        l2_equivalent = np.minimum(l2_equivalent, SearchConfig().largest_radius)
+        best, used, evals = l2_equivalent.copy(), ["lipschitz"] * len(x), 0
         run = cfg.auto_method if method == "auto" else method
         if run != "lipschitz" and len(x):
             composed: dict[int, ComposedBounds] = {}
@@ -108,8 +110,8 @@ class SemanticCertifier:
                 return out
 
             scfg = SearchConfig(relative_tolerance=relative_tolerance, radii_per_round=cfg.radii_per_round)
-            guess = np.where(floor > 0, floor, 1e-3)
-            res = search_radius(evaluate, rf, guess, floor, scfg, deadline)
+            guess = np.where(l2_equivalent > 0, l2_equivalent, 1e-3)
+            res = search_radius(evaluate, rf, guess, l2_equivalent, scfg, deadline)
             if res.stopped_at_deadline:
                 raise DeadlineExceeded("semantic search ran past the deadline")
             evals = res.evaluations
@@ -120,4 +122,4 @@ class SemanticCertifier:
         zero = np.zeros_like(best)
         brightness = zero if kind == "contrast" else best.copy()
         contrast = {"brightness": zero, "contrast": best.copy()}.get(kind, best * contrast_per_brightness)
-        return SemanticResult(best, brightness, contrast, floor, used, evals, l2.completed)
+        return SemanticResult(best, brightness, contrast, l2_equivalent, used, evals, l2.completed)
