@@ -16,7 +16,8 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 MODEL ?= models/fmnist-robust.onnx
 RUN_DIR ?= runs/local
 
-.PHONY: help install dataset test lint protos clean up down images pretrain run bench bench-quick reliability gpu-check
+.PHONY: help install dataset test lint protos clean up down images pretrain run bench bench-quick bench-services \
+	reliability gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +60,12 @@ bench: install ## SEaaS vs REaaS side by side on both shipped encoders -> result
 
 bench-quick: install ## the reduced bench (a few minutes; CI runs its pieces in tests/jobs)
 	$(BIN)/python -m jobs.bench --quick $(BENCH_ARGS)
+
+bench-services: install ## Feature-API serving, bound engine (+ served) and semantic benchmarks on MODEL= -> results/benchmarks/
+	@mkdir -p results/benchmarks
+	$(BIN)/python -m benchmarks.encoder_serving --model $(MODEL) --json > results/benchmarks/encoder_serving.json
+	$(BIN)/python -m benchmarks.perturb_engine --model $(MODEL) --grpc --json > results/benchmarks/perturb_engine.json
+	$(BIN)/python -m benchmarks.semantic --models $(MODEL) > results/benchmarks/semantic.json
 
 reliability: install ## soundness, fuzzing, security, faults, load -> results/reliability.json (QUICK=1 reduced)
 	$(BIN)/python -m reliability --out results/reliability.json $(if $(QUICK),--quick) $(RELIABILITY_ARGS)

@@ -228,7 +228,8 @@ def load_dataset(name: str, split: str = "train", root: os.PathLike | str | None
 
 
 def evaluation_subset_indices(n: int = 500, stride: int = 20, total: int = 10_000) -> np.ndarray:
-    """The fixed test subset of REFERENCE §8: indices ≡ 0 (mod stride), first n of them."""
+    """The fixed evaluation subset: test indices ≡ 0 (mod stride), the first n of them (a prefix keeps
+    smaller runs comparable with the 500-input one)."""
     indices = np.arange(0, total, stride, dtype=np.int64)
     if not 1 <= n <= len(indices):
         raise ValueError(f"n must lie in [1, {len(indices)}], got {n}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,36 +22,18 @@ def shipped_models() -> list[Path]:
 
 
 def export_stand_in_encoder(path: Path, seed: int = 0, width: int = 8, feature_dim: int = 32) -> Path:
-    """A small untrained conv encoder [B, 1, 28, 28] -> [B, feature_dim] as ONNX with a model card."""
-    import torch
-
+    """A small untrained ConvEncoder [B, 1, 28, 28] -> [B, feature_dim] (two stride-2 convs of ``width``
+    and 2·``width`` channels) as ONNX, with a model card."""
+    from reaas.onnx_export import torch_to_onnx
     from services.common.model_file import sha256_of
+    from services.trainer.encoders import EncoderConfig, untrained_encoder
 
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, width, 3, stride=2, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(2 * width * 7 * 7, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, feature_dim),
-    ).eval()
+    config = EncoderConfig(
+        channels=(width, 2 * width), strides=(2, 2), hidden_dim=64, feature_dim=feature_dim
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 1, 28, 28),),
-            str(path),
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    path.write_bytes(torch_to_onnx(untrained_encoder(config, seed), (1, 28, 28)))
     card = {"model_sha256": sha256_of(path), "note": f"reliability stand-in encoder, seed {seed}, untrained"}
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return path

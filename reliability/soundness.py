@@ -3,10 +3,11 @@
 Semantic certificates (brightness x + b·1, contrast c·x) are checked the same way on a dense grid over the
 certified parameter range, refined by a bounded scalar search at the grid's worst point.
 
-For each method the engine returns a radius R for (image, R_F); a PGD attack (random restarts, cosine
-step-size schedule, normalized ℓ2 gradient steps) maximizes ‖f(x+δ) − f(x)‖₂ over ‖δ‖₂ ≤ R (∩ [0, 1] when
-clip_to_pixel_box). A violation is an attack point whose shift reaches R_F, measured in float64 on the bound
-graph and in float32 by ONNX Runtime (the served model). ``attack_reach`` = max shift / R_F shows how close
+For each method the engine returns a radius R for (image, R_F); a PGD attack (``services.trainer.pgd``:
+random restarts, cosine step-size schedule, normalized ℓ2 gradient steps) maximizes ‖f(x+δ) − f(x)‖₂ over
+‖δ‖₂ ≤ R (∩ [0, 1] when clip_to_pixel_box). A violation is an attack point whose shift reaches R_F, measured
+in float64 on the bound graph and in float32 by ``served`` (ONNX Runtime as the Feature-API runs it:
+``services.encoder.onnx_model.OnnxEncoder.run``). ``attack_reach`` = max shift / R_F shows how close
 the attack gets. The full classifier g∘f is attacked too: inside the image radius of the client's BC
 feature radius, no δ may change g's prediction.
 """
@@ -21,21 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_client.mlp import feature_spread
 from reaas.methods import BOUND_METHODS
+from services.trainer.pgd import AttackConfig, pgd_ascent, project
 
 METHODS = (*BOUND_METHODS, "auto")
 SEMANTIC_KINDS = ("brightness", "contrast")
 
 
-@dataclass(frozen=True)
-class AttackSettings:
-    """PGD: steps per restart, restarts, step size from initial to final (fractions of the radius), seed."""
+# features [B, D] float32 of images [B, C, H, W] float32, as served
+Served = Callable[[np.ndarray], np.ndarray]
 
-    steps: int = 100
-    restarts: int = 5
-    initial_step: float = 0.5
-    final_step: float = 0.005
-    seed: int = 0
+
+@dataclass(frozen=True)
+class AttackSettings(AttackConfig):
+    """The PGD attack (steps, restarts, cosine step schedule, seed) and how many rows it attacks at once."""
+
     rows_per_batch: int = 128
 
 
@@ -57,20 +59,6 @@ class SoundnessSettings:
     seed: int = 0
 
 
-def step_schedule(steps: int, initial: float, final: float) -> np.ndarray:
-    """Cosine-annealed step sizes [steps] from ``initial`` down to ``final`` (fractions of the radius)."""
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    t = np.arange(steps) / max(steps - 1, 1)
-    return final + 0.5 * (initial - final) * (1 + np.cos(np.pi * t))
-
-
-def feature_spread(features: np.ndarray) -> float:
-    """RMS distance of features [N, D] to their mean (the spread S)."""
-    centered = np.asarray(features, np.float64) - np.mean(features, axis=0, dtype=np.float64)
-    return float(np.sqrt(np.mean(np.sum(centered * centered, axis=1))))
-
-
 def make_pairs(
     num_pairs: int, num_images: int, spread: float, rf_low: float, rf_high: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,55 +70,10 @@ def make_pairs(
     return rows, rf, clip
 
 
-def _project(delta: torch.Tensor, x: torch.Tensor, radius: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
-    """Onto {‖δ‖₂ ≤ r}, then (rows with clip) onto x + δ ∈ [0, 1], which stays inside the ball."""
-    r = radius.reshape(-1, 1, 1, 1)
-    norms = delta.flatten(1).norm(dim=1).reshape(r.shape).clamp(min=1e-30)
-    delta = delta * torch.clamp(r / norms, max=1.0)
-    boxed = (x + delta).clamp(0.0, 1.0) - x
-    return torch.where(clip.reshape(-1, 1, 1, 1), boxed, delta)
-
-
-def pgd_maximize(
-    objective: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    radius: torch.Tensor,
-    clip: torch.Tensor,
-    settings: AttackSettings,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best δ [B, ...] and objective [B] over restarts of normalized-gradient ℓ2 PGD; objective(x') -> [B]."""
-    gen = torch.Generator().manual_seed(settings.seed)
-    steps = step_schedule(settings.steps, settings.initial_step, settings.final_step)
-    r = radius.to(x.dtype).reshape(-1, 1, 1, 1)
-    best_value = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype)
-    best_delta = torch.zeros_like(x)
-    for restart in range(settings.restarts):
-        start = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-        scale = 1.0 if restart == 0 else float(torch.rand((), generator=gen)) ** (1 / 4)
-        delta = start / start.flatten(1).norm(dim=1).reshape(r.shape).clamp(min=1e-30) * r * scale
-        delta = _project(delta, x, radius, clip)
-        for size in steps:
-            delta.requires_grad_(True)
-            value = objective(x + delta)
-            (grad,) = torch.autograd.grad(value.sum(), delta)
-            with torch.no_grad():
-                better = value.detach() > best_value
-                best_value = torch.where(better, value.detach(), best_value)
-                best_delta = torch.where(better.reshape(-1, 1, 1, 1), delta.detach(), best_delta)
-                g = grad / grad.flatten(1).norm(dim=1).reshape(r.shape).clamp(min=1e-30)
-                delta = _project(delta.detach() + float(size) * r * g, x, radius, clip)
-        with torch.no_grad():
-            value = objective(x + delta)
-            better = value > best_value
-            best_value = torch.where(better, value, best_value)
-            best_delta = torch.where(better.reshape(-1, 1, 1, 1), delta, best_delta)
-    return best_delta, best_value
-
-
 def attack_feature_shift(
-    engine, images: np.ndarray, radius: np.ndarray, clip: np.ndarray, settings: AttackSettings
+    engine, served: Served, images: np.ndarray, radius: np.ndarray, clip: np.ndarray, settings: AttackSettings
 ) -> dict[str, np.ndarray]:
-    """Largest feature shift [B] PGD finds within each radius: float64 bound graph, float32 ONNX Runtime."""
+    """Largest feature shift [B] PGD finds within each radius: float64 bound graph, float32 as served."""
     out = {"shift_f64": np.zeros(len(radius)), "shift_ort": np.zeros(len(radius))}
     live = np.flatnonzero(radius > 0)
     for s in range(0, len(live), settings.rows_per_batch):
@@ -141,23 +84,16 @@ def attack_feature_shift(
         def shift(points: torch.Tensor, f0=f0) -> torch.Tensor:
             return (engine.graph.forward(points) - f0).norm(dim=1)
 
-        delta, _ = pgd_maximize(
-            shift,
-            x,
-            torch.as_tensor(radius[rows], dtype=torch.float32),
-            torch.as_tensor(clip[rows]),
-            settings,
-        )
-        x64, d64 = x.double(), delta.double()
+        r, box = torch.as_tensor(radius[rows]), torch.as_tensor(clip[rows])
+        delta = pgd_ascent(shift, x, r, settings, settings.generator(), box=box).delta
+        x64 = x.double()
         # re-project in float64 so rounding never puts the verified point outside the certified ball
-        d64 = _project(
-            d64, x64, torch.as_tensor(radius[rows], dtype=torch.float64), torch.as_tensor(clip[rows])
-        )
+        d64 = project(delta.double(), x64, r, "l2", box)
         with torch.no_grad():
             out["shift_f64"][rows] = (engine.graph.forward(x64 + d64) - engine.graph.forward(x64)).norm(dim=1)
         adv = (x64 + d64).numpy().astype(np.float32)
-        clean = engine.features(images[rows].astype(np.float32)).astype(np.float64)
-        out["shift_ort"][rows] = np.linalg.norm(engine.features(adv).astype(np.float64) - clean, axis=1)
+        clean = served(images[rows].astype(np.float32)).astype(np.float64)
+        out["shift_ort"][rows] = np.linalg.norm(served(adv).astype(np.float64) - clean, axis=1)
     return out
 
 
@@ -193,7 +129,8 @@ def summarize_pairs(rf: np.ndarray, radius: np.ndarray, shifts: dict[str, np.nda
 
 
 def encoder_soundness(
-    engine, images: np.ndarray, spread: float, settings: SoundnessSettings, log: Callable[[str], None] = print
+    engine, served: Served, images: np.ndarray, spread: float, settings: SoundnessSettings,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Per-method pairs, violations and reach for one encoder (images: the test subset [N, 1, 28, 28])."""
     report = {}
@@ -211,7 +148,7 @@ def encoder_soundness(
         chunk = {"crown": 1, "lipschitz": 1024}.get(method, 16)
         radius = certified_radii(engine, images[rows], rf, clip, method, chunk)
         bound_s = time.perf_counter() - started
-        shifts = attack_feature_shift(engine, images[rows], radius, clip, settings.attack)
+        shifts = attack_feature_shift(engine, served, images[rows], radius, clip, settings.attack)
         row = summarize_pairs(rf, radius, shifts)
         row.update(
             {
@@ -229,21 +166,24 @@ def encoder_soundness(
     return report
 
 
-def _shifts_along(engine, x0: np.ndarray, direction: np.ndarray, thetas: np.ndarray) -> np.ndarray:
-    """max(float64 graph, float32 ONNX) of ‖f(x0 + θ·A) − f(x0)‖₂ [M] for parameters θ [M] (unclipped)."""
+def _shifts_along(
+    engine, served: Served, x0: np.ndarray, direction: np.ndarray, thetas: np.ndarray
+) -> np.ndarray:
+    """max(float64 graph, float32 served) of ‖f(x0 + θ·A) − f(x0)‖₂ [M] for parameters θ [M] (unclipped)."""
     x64 = torch.as_tensor(x0[None], dtype=torch.float64)
     points = x64 + torch.as_tensor(thetas, dtype=torch.float64).reshape(-1, 1, 1, 1) * torch.as_tensor(
         direction[None], dtype=torch.float64)
     with torch.no_grad():
         exact = (engine.graph.forward(points) - engine.graph.forward(x64)).norm(dim=1).numpy()
-    clean = engine.features(x0[None].astype(np.float32)).astype(np.float64)
-    moved = engine.features(points.numpy().astype(np.float32)).astype(np.float64)
+    clean = served(x0[None].astype(np.float32)).astype(np.float64)
+    moved = served(points.numpy().astype(np.float32)).astype(np.float64)
     served = np.linalg.norm(moved - clean, axis=1)
     return np.maximum(exact, served)
 
 
 def semantic_soundness(
     engine,
+    served: Served,
     images: np.ndarray,
     spread: float,
     settings: SoundnessSettings,
@@ -280,9 +220,10 @@ def semantic_soundness(
             direction = np.ones_like(x0) if kind == "brightness" else x0
             t = min(float(t), 1e3)  # a black image's contrast range is unbounded: check a finite part
             grid = np.linspace(-t, t, settings.semantic_grid)
-            shifts = _shifts_along(engine, x0, direction, grid)
+            shifts = _shifts_along(engine, served, x0, direction, grid)
             best, step = grid[int(np.argmax(shifts))], 2 * t / max(settings.semantic_grid - 1, 1)
-            refined = minimize_scalar(lambda th, x0=x0, d=direction: -_shifts_along(engine, x0, d, [th])[0],
+            refined = minimize_scalar(lambda th, x0=x0, d=direction: -_shifts_along(engine, served, x0, d,
+                                                                                     [th])[0],
                                       bounds=(max(-t, best - step), min(t, best + step)), method="bounded")
             worst[p] = max(float(shifts.max()), -float(refined.fun))
         row = summarize_pairs(rf, ranges, {"shift_f64": worst, "shift_ort": worst})
@@ -298,6 +239,7 @@ def semantic_soundness(
 
 def classifier_soundness(
     engine,
+    served: Served,
     images: np.ndarray,
     test_labels: np.ndarray,
     train_images: np.ndarray,
@@ -310,14 +252,14 @@ def classifier_soundness(
     from edge_client.training import TrainConfig, train_mlp
 
     started = time.perf_counter()
-    features = engine.features(train_images)
+    features = served(train_images)
     mlp = train_mlp(
         features,
         train_labels,
         TrainConfig(hidden_widths=(64,), epochs=8, noise_c=0.25, seed=settings.seed),
         num_classes=10,
     )
-    test_features = engine.features(images)
+    test_features = served(images)
     predictions, rf = certify_feature_radius(mlp, test_features, BCConfig(method="crown"))
     live = np.flatnonzero(rf > 0)
     radius = np.zeros(len(rf))
@@ -350,16 +292,11 @@ def classifier_soundness(
             mask = torch.nn.functional.one_hot(y, z.shape[1]).bool()
             return z.masked_fill(mask, -torch.inf).max(dim=1).values - own
 
-        delta, _ = pgd_maximize(
-            flip_margin,
-            x,
-            torch.as_tensor(radius[rows], dtype=torch.float32),
-            torch.zeros(len(rows), dtype=torch.bool),
-            settings.attack,
-        )
-        no_clip = torch.zeros(len(rows), dtype=torch.bool)
-        d64 = _project(delta.double(), x.double(), torch.as_tensor(radius[rows]), no_clip)
-        z = mlp.logits(engine.features((x.double() + d64).numpy().astype(np.float32)))  # served f, float32
+        attack = settings.attack
+        r = torch.as_tensor(radius[rows])
+        delta = pgd_ascent(flip_margin, x, r, attack, attack.generator(), box=False).delta
+        d64 = project(delta.double(), x.double(), r, "l2", False)
+        z = mlp.logits(served((x.double() + d64).numpy().astype(np.float32)))  # served f, float32
         own = z[np.arange(len(rows)), predictions[rows]].copy()
         z[np.arange(len(rows)), predictions[rows]] = -np.inf
         margins[rows] = z.max(axis=1) - own
@@ -387,6 +324,7 @@ def run(models: list[Path], settings: SoundnessSettings, log: Callable[[str], No
     """Soundness figures for every encoder: per method, and for the full classifier."""
     from reaas.datasets import load_fashion_mnist
     from reliability.common import evaluation_images
+    from services.encoder.onnx_model import OnnxEncoder
     from services.perturb.engine import BoundEngine
 
     count = min(500, max(settings.pairs, settings.classifier_images, 1))
@@ -396,7 +334,8 @@ def run(models: list[Path], settings: SoundnessSettings, log: Callable[[str], No
     report: dict = {"settings": asdict(settings), "encoders": {}}
     for path in models:
         engine = BoundEngine.from_onnx(path)
-        spread = feature_spread(engine.features(train_images[:2000]))
+        served = OnnxEncoder(Path(path), intra_op_threads=1).run
+        spread = feature_spread(served(train_images[:2000]))
         log(
             f"soundness {Path(path).name}: feature spread S = {spread:.4g}, "
             f"L = {engine.lipschitz_bound_l2:.4g}"
@@ -404,13 +343,14 @@ def run(models: list[Path], settings: SoundnessSettings, log: Callable[[str], No
         entry = {
             "feature_spread": spread,
             "lipschitz_bound_l2": engine.lipschitz_bound_l2,
-            "methods": encoder_soundness(engine, images, spread, settings, log),
+            "methods": encoder_soundness(engine, served, images, spread, settings, log),
         }
         if settings.semantic_pairs > 0:
-            entry["semantic"] = semantic_soundness(engine, images, spread, settings, log)
+            entry["semantic"] = semantic_soundness(engine, served, images, spread, settings, log)
         if settings.classifier_images > 0:
             entry["classifier"] = classifier_soundness(
                 engine,
+                served,
                 images[: settings.classifier_images],
                 labels[: settings.classifier_images],
                 train_images[:n_train],

@@ -1,14 +1,18 @@
-"""Test helpers shared by the suite's conftests: export a small torch encoder to ONNX with a model card."""
+"""Test helpers shared by the suite's conftests: export a small torch encoder to ONNX with a model card, and
+run an ONNX model's float32 features with ONNX Runtime (what the Feature-API serves)."""
 
 from __future__ import annotations
 
 import json
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
+from reaas.onnx_export import torch_to_onnx
 from services.common.model_file import sha256_of
 
 
@@ -16,19 +20,33 @@ def export_encoder(
     module: torch.nn.Module, path: Path, card: dict | None = None, input_shape: tuple[int, ...] = (1, 28, 28)
 ) -> Path:
     """Export `module` ([B, *input_shape] -> [B, D], dynamic B) to `path`, a model card (sha256) beside it."""
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            (torch.zeros(1, *input_shape),),
-            str(path),
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-            dynamo=False,
-        )
+    path.write_bytes(torch_to_onnx(module, input_shape))
     path.with_suffix(".json").write_text(json.dumps({**(card or {}), "model_sha256": sha256_of(path)}))
     return path
+
+
+def ort_features(model: Path | str | bytes | onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
+    """f̂: images [B, C, H, W] -> features [B, D] float32 by ONNX Runtime on one CPU thread."""
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: np.asarray(images, dtype=np.float32)})[0]
+
+
+class Residual(torch.nn.Module):
+    """x + relu(conv3x3(x)) on ``ch`` channels: the residual block of the tests' small conv nets."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return x + torch.relu(self.conv(x))
 
 
 def linear_encoder(weight: np.ndarray) -> torch.nn.Module:

@@ -108,3 +108,11 @@ class ConvEncoder(nn.Module):
 def build_encoder(config: EncoderConfig) -> ConvEncoder:
     """Construct an encoder from its config."""
     return ConvEncoder(config)
+
+
+def untrained_encoder(config: EncoderConfig = EncoderConfig(), seed: int = 0) -> ConvEncoder:
+    """A freshly initialized encoder (eval mode) drawn from torch's generator seeded with ``seed``; the
+    global generator's state is left as it was. The benches and the reliability stand-in serve these."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_encoder(config).eval()

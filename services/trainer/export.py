@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from reaas.onnx_export import torch_to_onnx
 from services.trainer.encoders import ConvEncoder
 
 PARITY_TOL = 1e-4
 PARITY_INPUTS = 64
-OPSET = 17
 
 
 def fold_batchnorm(encoder: ConvEncoder) -> ConvEncoder:
@@ -63,28 +63,21 @@ def sha256_file(path: str | Path) -> str:
 
 
 def export_onnx(encoder: ConvEncoder, path: str | Path, seed: int = 0) -> float:
-    """Write the encoder as ONNX (opset 17) and return the onnxruntime-vs-torch max abs diff on 64 inputs.
+    """Write the encoder as ONNX (``reaas.onnx_export``: opset 17, dynamic batch) and return the
+    onnxruntime-vs-torch max abs diff on 64 inputs.
 
     Raises ``RuntimeError`` when the difference exceeds 1e-4.
     """
     import onnxruntime as ort
 
+    # spectral-norm parametrizations are baked into plain weights first: exported as they are, the
+    # parametrization's power iteration would be traced into the graph
     model = strip_parametrizations(fold_batchnorm(encoder)).cpu().float().eval()
     cfg = encoder.config
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size)
     tmp = path.with_suffix(".onnx.tmp")
-    torch.onnx.export(
-        model,
-        (example,),
-        str(tmp),
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    tmp.write_bytes(torch_to_onnx(model, (cfg.in_channels, cfg.image_size, cfg.image_size)))
     _inline_identities(tmp)
     os.replace(tmp, path)
     gen = torch.Generator().manual_seed(seed)

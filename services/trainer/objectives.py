@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from services.trainer.pgd import AttackConfig, pgd_ascent
+
 
 def info_nce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """InfoNCE = cross-entropy over [positive, negatives]; logits [B, 1+K] already divided by temperature."""
@@ -23,42 +25,20 @@ class PgdConfig:
     step_size: float = 0.25
 
 
-def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-
-
-def pgd_l2(
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    cfg: PgdConfig,
-    gen: torch.Generator,
-) -> torch.Tensor:
-    """Images [B, C, H, W] in [0, 1] that approximately maximize ``loss_fn`` within ‖δ‖₂ ≤ eps."""
-    delta = torch.randn(images.shape, generator=gen).to(images)
-    delta = (
-        delta
-        / _per_sample_norm(delta)
-        * cfg.eps
-        * torch.rand(images.shape[0], generator=gen).to(images)[:, None, None, None]
-    )
-    for _ in range(cfg.steps):
-        delta.requires_grad_(True)
-        x_adv = (images + delta).clamp(0, 1)
-        (grad,) = torch.autograd.grad(loss_fn(x_adv), delta)
-        with torch.no_grad():
-            delta = delta + cfg.step_size * grad / _per_sample_norm(grad)
-            delta = delta * (cfg.eps / _per_sample_norm(delta)).clamp(max=1.0)
-    return (images + delta.detach()).clamp(0, 1)
-
-
 def rocl_adversarial_views(
     query_loss: Callable[[torch.Tensor], torch.Tensor],
     view: torch.Tensor,
     cfg: PgdConfig,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """RoCL instance-wise attack: perturb ``view`` to maximize its contrastive loss against its own key."""
-    return pgd_l2(query_loss, view, cfg, gen)
+    """RoCL instance-wise attack: perturb ``view`` [B, C, H, W] in [0, 1] to maximize its contrastive loss
+    ``query_loss`` (one scalar per batch) against its own key within ‖δ‖₂ ≤ eps; returns the adversarial
+    views in [0, 1]. The loss sees clamp(view + δ, 0, 1), so δ itself is kept in the ball only."""
+    fraction = cfg.step_size / cfg.eps if cfg.eps > 0 else 0.0  # a constant step, in units of the radius
+    attack = AttackConfig(cfg.steps, 1, fraction, fraction, start="ball", keep_best=False)
+    radius = torch.full((view.shape[0],), cfg.eps, dtype=torch.float64)
+    delta = pgd_ascent(lambda x: query_loss(x.clamp(0, 1)), view, radius, attack, gen, box=False).delta
+    return (view + delta).clamp(0, 1)
 
 
 def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Training-time operator-norm estimates (power iteration) and the spectral-norm penalties of REaaS §4.
 
 Power iteration estimates each layer's operator norm from *below*; it drives the penalty only.
-Certified upper bounds live in ``lipschitz.py``.
+Certified upper bounds are the bound engine's (``services/perturb/engine/lipschitz.py``).
 """
 
 from __future__ import annotations
@@ -159,7 +159,11 @@ def _trace_input_shapes(encoder: nn.Module, layers: list[nn.Module]) -> list[tup
 
 
 def feature_spread(features: torch.Tensor) -> torch.Tensor:
-    """RMS ℓ2 distance of features [B, D] to their mean: sqrt(mean_i ‖f_i − mean f‖²)."""
+    """RMS ℓ2 distance of features [B, D] to their mean: sqrt(mean_i ‖f_i − mean f‖²).
+
+    The torch twin of ``edge_client.mlp.feature_spread`` (numpy, float): the scale-invariant penalty
+    differentiates through log S_batch, so this one stays a differentiable tensor on the features' device.
+    """
     centered = features - features.mean(dim=0, keepdim=True)
     return centered.pow(2).sum(dim=1).mean().clamp_min(1e-12).sqrt()
 

@@ -143,7 +143,9 @@ def test_crown_matches_the_server_bound_engine(norm, relaxation):
     # compare on the float32 weights both sides actually use
     layers = [(lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy())
               for lin in torch_model if isinstance(lin, torch.nn.Linear)]
-    engine = engine_mod.BoundEngine.from_torch(torch_model, (1, 1, 8))
+    from reaas.onnx_export import torch_to_onnx
+
+    engine = engine_mod.BoundEngine.from_onnx(torch_to_onnx(torch_model, (1, 1, 8)))
     centers = np.random.default_rng(4).random((3, 8))
     radius = 0.3 if norm == "l2" else 0.05
     x64 = torch.tensor(centers, dtype=torch.float64).reshape(3, 1, 1, 8)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from onnx_helpers import Residual
 from torch import nn
 
+from reaas.onnx_export import torch_to_onnx
 from services.perturb.engine import BoundEngine
 
 
@@ -19,15 +21,6 @@ class Normalize(nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.std
-
-
-class Residual(nn.Module):
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x):
-        return x + torch.relu(self.conv(x))
 
 
 def tiny_net(kind: str, seed: int, side: int = 8, feature_dim: int = 6) -> nn.Module:
@@ -61,23 +54,19 @@ def tiny_net(kind: str, seed: int, side: int = 8, feature_dim: int = 6) -> nn.Mo
 
 def export(net: nn.Module, path: Path, side: int = 8) -> Path:
     """Export as the trainer does: input "images" [B, 1, side, side], output "features", dynamic batch."""
-    torch.onnx.export(
-        net.eval(),
-        (torch.zeros(1, 1, side, side),),
-        str(path),
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    path.write_bytes(torch_to_onnx(net, (1, side, side)))
     return path
+
+
+def onnx_path(kind: str, seed: int, tmp_path: Path) -> Path:
+    """Where ``engine_for`` writes the net's ONNX file (serve it with ``onnx_helpers.ort_features``)."""
+    return tmp_path / f"{kind}-{seed}.onnx"
 
 
 def engine_for(kind: str, seed: int, tmp_path: Path, side: int = 8) -> tuple[BoundEngine, nn.Module]:
     """Export a tiny net to ONNX under tmp_path and load it with the engine."""
     net = tiny_net(kind, seed, side)
-    return BoundEngine.from_onnx(export(net, tmp_path / f"{kind}-{seed}.onnx", side)), net
+    return BoundEngine.from_onnx(export(net, onnx_path(kind, seed, tmp_path), side)), net
 
 
 def images(n: int, seed: int, side: int = 8) -> np.ndarray:

@@ -11,8 +11,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from engine_nets import engine_for, images
+from engine_nets import engine_for, images, onnx_path
 from onnx import TensorProto, helper, numpy_helper
+from onnx_helpers import ort_features
 
 from services.perturb.engine import BoundEngine
 from services.perturb.engine.float_error import FLOAT32, REDUCED, gamma
@@ -44,29 +45,29 @@ def _gemm_model(weights: list[np.ndarray], biases: list[np.ndarray], in_shape=(1
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _pathological() -> BoundEngine:
+def _pathological() -> onnx.ModelProto:
     """f(x) = relu(x + 1e6) − 1e6 = x exactly; float32 rounds x + 1e6 to a multiple of 1/16."""
     eye = np.eye(2)
-    return BoundEngine(_gemm_model([eye, eye], [np.full(2, 1e6), np.full(2, -1e6)]))
+    return _gemm_model([eye, eye], [np.full(2, 1e6), np.full(2, -1e6)])
 
 
 @pytest.mark.parametrize("method", ["lipschitz", "auto", "ibp", "crown_ibp", "local_lipschitz"])
 def test_pathological_model_gets_no_radius_an_attack_beats(method):
-    eng = _pathological()
+    eng, features = BoundEngine(_pathological()), ort_features(_pathological())
     x = np.array([[[[0.03, 0.5]]]], dtype=np.float32)
     rf = np.array([0.05])
     r = float(eng.image_radius(x, rf, method=method).image_radius[0])
     # the attack: moving pixel 0 from 0.03 to 0.032 (distance 0.002) moves the served output by 1/16
     moved = x.copy()
     moved[0, 0, 0, 0] = 0.032
-    shift = np.linalg.norm(eng.features(moved) - eng.features(x))
+    shift = np.linalg.norm(features(moved) - features(x))
     assert shift > rf[0]  # the reproducer still bites the served model
     assert r < 0.002
     # and no point of a dense segment inside the certified ball beats it
     for t in np.linspace(-r, r, 201):
         xp = x.copy()
         xp[0, 0, 0, 0] += t
-        assert np.linalg.norm(eng.features(xp) - eng.features(x)) < rf[0]
+        assert np.linalg.norm(features(xp) - features(x)) < rf[0]
 
 
 def test_gamma_closed_form():
@@ -95,6 +96,7 @@ def test_worst_case_sequential_sum_is_covered():
 def test_bound_dominates_onnxruntime_float32_error(kind, tmp_path):
     """Random conv nets, random points in the ball: ‖f̂ − f‖ observed ≤ E(ball)."""
     eng, _ = engine_for(kind, 3, tmp_path)
+    features = ort_features(onnx_path(kind, 3, tmp_path))
     x = images(4, 11)
     r = 0.5
     margin = eng.served_error(x, np.full(len(x), r))
@@ -104,10 +106,10 @@ def test_bound_dominates_onnxruntime_float32_error(kind, tmp_path):
         norms = np.linalg.norm(d.reshape(64, -1), axis=1)[:, None, None, None]
         d *= r * gen.uniform(size=(64, 1, 1, 1)) / norms
         xp = (x[i] + d).astype(np.float32)
-        served = eng.features(xp).astype(np.float64)
+        served = features(xp).astype(np.float64)
         exact = eng.graph.forward(torch.as_tensor(xp, dtype=torch.float64)).numpy()
         err = np.linalg.norm(served - exact, axis=1).max()
-        served0 = eng.features(x[i : i + 1]).astype(np.float64)
+        served0 = features(x[i : i + 1]).astype(np.float64)
         exact0 = eng.graph.forward(torch.as_tensor(x[i : i + 1], dtype=torch.float64)).numpy()
         err0 = np.linalg.norm(served0 - exact0)
         assert err + err0 <= margin[i]

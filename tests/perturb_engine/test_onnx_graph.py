@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_nets import Normalize, engine_for, export, images
+from engine_nets import Normalize, engine_for, export, images, onnx_path
+from onnx_helpers import ort_features
 from torch import nn
 
 from services.perturb.engine import BoundEngine, UnsupportedModelError
@@ -15,7 +16,7 @@ from services.perturb.engine import BoundEngine, UnsupportedModelError
 def test_graph_matches_onnxruntime(kind, tmp_path):
     eng, net = engine_for(kind, 0, tmp_path)
     x = images(5, 1)
-    ort_out = eng.features(x)
+    ort_out = ort_features(onnx_path(kind, 0, tmp_path))(x)
     graph_out = eng.graph.forward(torch.as_tensor(x, dtype=torch.float64)).numpy()
     with torch.no_grad():
         torch_out = net(torch.as_tensor(x)).numpy()

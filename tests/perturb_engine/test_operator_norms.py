@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from reaas.onnx_export import torch_to_onnx
 from services.perturb.engine import BoundEngine
 from services.perturb.engine.linear_maps import Conv2dMap, DenseMap
 from services.perturb.engine.operator_norms import (
@@ -111,10 +112,10 @@ def test_certified_layer_norms_on_planned_encoder_shape():
     from services.trainer.encoders import EncoderConfig, build_encoder
 
     torch.manual_seed(0)
-    eng = BoundEngine.from_torch(
+    eng = BoundEngine.from_onnx(torch_to_onnx(
         build_encoder(EncoderConfig(channels=(4, 8), strides=(1, 2), hidden_dim=16, feature_dim=8)),
         (1, 28, 28),
-    )
+    ))
     for node in eng.graph.nodes:
         if node.kind == "affine":
             low = power_iteration_norm(node.lmap, iterations=60)

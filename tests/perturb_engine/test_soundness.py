@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_nets import engine_for, images
+from engine_nets import engine_for, images, onnx_path
+from onnx_helpers import ort_features
 
-from services.perturb.engine.attack import AttackConfig, pgd_feature_shift
 from services.perturb.engine.ball import InputBall
 from services.perturb.engine.crown import crown_intermediate_bounds, output_shift_bounds
 from services.perturb.engine.ibp import interval_bounds
+from services.trainer.pgd import AttackConfig, pgd_feature_shift
 
 KINDS = ["plain", "bn", "residual", "pool"]
 
@@ -30,7 +31,7 @@ def _sphere(x: torch.Tensor, r: float, n: int, norm: str, seed: int) -> torch.Te
 def test_certified_radii_survive_sampling_and_pgd(kind, norm, tmp_path):
     eng, _ = engine_for(kind, 3, tmp_path)
     x = images(2, 5)
-    f = eng.features(x)
+    f = ort_features(onnx_path(kind, 3, tmp_path))(x)
     spread = float(np.sqrt(((f - f.mean(0)) ** 2).sum(1).mean())) + 1e-3
     rf = np.array([0.5, 2.0]) * spread
     f64 = eng.graph.forward

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reaas.onnx_export import torch_to_onnx
 from services.perturb.engine import BoundEngine
 
 SIDE = 8
@@ -43,7 +44,7 @@ def linear_net(seed: int) -> nn.Module:
 
 def engine(net: nn.Module) -> BoundEngine:
     """The bound engine of a torch net (exported to ONNX in memory)."""
-    return BoundEngine.from_torch(net, (1, SIDE, SIDE))
+    return BoundEngine.from_onnx(torch_to_onnx(net, (1, SIDE, SIDE)))
 
 
 def images(n: int, seed: int) -> np.ndarray:

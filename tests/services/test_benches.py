@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from services.encoder import bench as encoder_bench  # noqa: E402
-from services.perturb import bench as perturb_bench  # noqa: E402
+from benchmarks import encoder_serving as encoder_bench  # noqa: E402
+from benchmarks import perturb_engine as perturb_bench  # noqa: E402
 
 
 def test_perturb_bench_reports_latency_gap_memory_and_served_latency():

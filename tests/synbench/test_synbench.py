@@ -11,6 +11,7 @@ import torch
 from scipy.integrate import quad
 from scipy.stats import norm
 
+from reaas.onnx_export import torch_to_onnx
 from services.common.model_file import VerifiedFacts, load_model_file, model_info
 from services.trainer import synbench
 from services.trainer.synbench import SynBenchConfig, empirical_auc, reference_auc, synbench_score
@@ -61,9 +62,7 @@ def test_a_representation_that_drops_the_signal_scores_zero():
 
 def test_cli_writes_the_card_and_model_info_returns_it(tmp_path, capsys):
     path = tmp_path / "flat.onnx"
-    torch.onnx.export(torch.nn.Flatten().eval(), torch.zeros(1, *SHAPE), str(path), input_names=["images"],
-                      output_names=["features"], dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-                      dynamo=False)
+    path.write_bytes(torch_to_onnx(torch.nn.Flatten(), SHAPE))
     path.with_suffix(".json").write_text(json.dumps({"lipschitz_bound_l2": 1.0}))
     argv = ["--model", str(path), "--json", "--write-card", "--samples-per-class", "200"]
     argv += ["--separations", "0.3"]

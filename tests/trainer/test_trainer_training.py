@@ -157,20 +157,8 @@ def test_ddp_two_gloo_processes_leave_identical_weights(tmp_path, tiny_encoder_c
             start_method="spawn",
         )
         r0, r1 = dict(results[0]), dict(results[1])
-    initial = train(
-        TrainConfig(
-            epochs=1,
-            batch_size=8,
-            max_steps_per_epoch=1,
-            lr=0.0,
-            warmup_steps=1,
-            out_dir=str(tmp_path / "init"),
-            progress=False,
-            encoder=tiny_encoder_config,
-            moco=MocoConfig(proj_dim=8, queue_size=32),
-        ),
-        tiny_images,
-    )
+    first_step = _config(tmp_path / "init", tiny_encoder_config, batch_size=8, max_steps_per_epoch=1, lr=0.0)
+    initial = train(first_step, tiny_images)
     for k in r0:
         assert (r0[k] == r1[k]).all(), k
     assert any((r0[k] != initial.encoder.state_dict()[k].numpy()).any() for k in r0)

@@ -1,16 +1,18 @@
-"""BoundEngine: the public facade — load an ONNX encoder, serve features, certify image radii."""
+"""BoundEngine: the public facade — load an ONNX encoder, bound its feature shift, certify image radii.
+
+The engine does no I/O and runs no ONNX Runtime: the served features are the Feature-API's
+(``services.encoder.onnx_model``); their rounding is bounded a priori (``float_error.py``).
+"""
 
 from __future__ import annotations
 
 import functools
-import io
 import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from reaas.methods import BOUND_METHODS
@@ -28,7 +30,7 @@ from services.perturb.engine.lipschitz import lipschitz_info
 from services.perturb.engine.local_lipschitz import local_lipschitz
 from services.perturb.engine.onnx_graph import BoundGraph, build_bound_graph, load_onnx_model
 from services.perturb.engine.operator_norms import NormMargin, with_margin
-from services.perturb.engine.search import SearchConfig, search_radius
+from services.perturb.engine.search import SearchConfig, SearchOutcome, search_radius
 
 METHODS = BOUND_METHODS
 # an explicit method whose search starts from a cheaper method's radius (a guess it verifies itself)
@@ -51,7 +53,6 @@ class EngineConfig:
     crown_rows_per_pass: int = 2  # full CROWN: few rows, many neurons per backward pass
     # AUTO runs full CROWN only with a deadline leaving at least this many seconds per image
     auto_crown_seconds_per_image: float = 60.0
-    ort_threads: int = 1
 
 
 @dataclass
@@ -73,6 +74,11 @@ class CurveResult:
 
     bounds: np.ndarray
     completed: bool
+
+
+def _check_method(method: str) -> None:
+    if method not in (*METHODS, "auto"):
+        raise ValueError(f"unknown method {method!r}")
 
 
 class _Prepared:
@@ -99,6 +105,20 @@ class _Prepared:
             return self._float_error.at_points(self.served_centers).numpy()
 
 
+@dataclass(frozen=True)
+class _Query:
+    """One validated image_radius request: images, R_F [B], the ball, the deadline, the search knobs and
+    the first guess R_F / L [B]."""
+
+    prep: _Prepared
+    rf: np.ndarray
+    norm: str
+    clip: bool
+    deadline: float | None
+    search: SearchConfig
+    guess: np.ndarray
+
+
 class BoundEngine:
     """Sound image-space radii for an ONNX encoder f: images [B, C, H, W] in [0, 1] -> features [B, D]."""
 
@@ -111,13 +131,6 @@ class BoundEngine:
         self.float_error = FloatErrorModel(
             build_bound_graph(model, fold=False), self.graph, FORMATS[config.served_format]
         )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = config.ort_threads
-        opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-        self._input_name = self._session.get_inputs()[0].name
         self.input_shape: tuple[int, int, int] = tuple(self.graph.input_shape)  # type: ignore[assignment]
         self.feature_dim: int = int(self.graph.nodes[self.graph.output].shape[0])
         self.lipschitz_bound_l2: float = float(self.lipschitz.output_l2)
@@ -127,32 +140,6 @@ class BoundEngine:
         """Load an encoder from an ONNX file (or bytes); raises UnsupportedModelError on unsupported ops."""
         return cls(load_onnx_model(path), config)
 
-    @classmethod
-    def from_torch(
-        cls, module: torch.nn.Module, input_shape, config: EngineConfig = EngineConfig()
-    ) -> BoundEngine:
-        """Export a torch encoder to ONNX in memory (as the trainer does) and load it."""
-        buf = io.BytesIO()
-        dummy = torch.zeros(1, *input_shape)
-        torch.onnx.export(
-            module.eval(),
-            (dummy,),
-            buf,
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-        return cls(onnx.load_from_string(buf.getvalue()), config)
-
-    # ---- Feature-API ----
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """Features [B, D] float32 of images [B, C, H, W] float32 in [0, 1] (the served ONNX model)."""
-        x = self._check_images(images, require_box=False)
-        return self._session.run(None, {self._input_name: x.astype(np.float32)})[0]
-
-    # ---- bounds ----
     def _check_images(self, images: np.ndarray, require_box: bool) -> np.ndarray:
         x = np.asarray(images)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
@@ -244,6 +231,15 @@ class BoundEngine:
         n = int(np.prod(self.input_shape))
         return with_margin(self.lipschitz.output_l2) * (1.0 if norm == "l2" else n**0.5)
 
+    def _auto_plan(self, b: int, deadline: float | None) -> list[str]:
+        """AUTO's methods for ``b`` images, cheapest first, each kept where it certifies more: full CROWN
+        only when the deadline leaves ``auto_crown_seconds_per_image`` per image (no deadline: never)."""
+        plan = ["lipschitz", "local_lipschitz", "crown_ibp"]
+        crown_s = b * self.config.auto_crown_seconds_per_image
+        if deadline is not None and deadline - time.monotonic() > crown_s:
+            plan.append("crown")
+        return plan
+
     @torch.no_grad()
     def image_radius(
         self,
@@ -257,75 +253,81 @@ class BoundEngine:
         deadline: float | None = None,
     ) -> RadiusResult:
         """Largest verified radius r per image with U(r) < R_F (``norm`` ball in raw pixel units)."""
-        if method not in (*METHODS, "auto"):
-            raise ValueError(f"unknown method {method!r}")
+        _check_method(method)
         if norm not in ("l2", "linf"):
             raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
         if not (relative_tolerance > 0 and np.isfinite(relative_tolerance)):
             raise ValueError("relative_tolerance must be positive and finite")
         rf = np.asarray(feature_radius, dtype=np.float64).reshape(-1)
         prep = self._prepare(images, clip_to_pixel_box)
-        x64 = prep.x64
-        if rf.shape[0] != x64.shape[0]:
-            raise ValueError(f"{x64.shape[0]} images but {rf.shape[0]} feature radii")
+        if rf.shape[0] != prep.x64.shape[0]:
+            raise ValueError(f"{prep.x64.shape[0]} images but {rf.shape[0]} feature radii")
         if not np.all(np.isfinite(rf)):
             raise ValueError("feature_radius contains non-finite values")
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("deadline already passed")
-        scfg = SearchConfig(
+        search = SearchConfig(
             relative_tolerance=relative_tolerance, radii_per_round=self.config.radii_per_round
         )
-        b = rf.shape[0]
         guess = np.maximum(rf, 0.0) / self._l_eff(norm)
-
-        # Lipschitz: closed form of L·r·(1 + rel) + margin(r) < R_F with the margin taken at the largest
-        # radius the bound allows (it grows with r, so this is conservative), then verified
-        cfg = self.config
-        l_eff = self._l_eff(norm) * (1 + cfg.shift_margin_relative)
-        lip_eval = self._evaluator(prep, "lipschitz", norm, clip_to_pixel_box, deadline)
-        r_max = np.maximum(rf, 0.0) / l_eff
-        margin = lip_eval(np.arange(b), r_max) - r_max * l_eff
-        r_lip = np.maximum(rf - margin, 0.0) / l_eff * (1 - 1e-9)
-        r_lip[(lip_eval(np.arange(b), r_lip) >= rf) | (rf <= 0) | ~np.isfinite(r_lip)] = 0.0
-        evals = b
+        q = _Query(prep, rf, norm, clip_to_pixel_box, deadline, search, guess)
         if method == "lipschitz":
-            return RadiusResult(r_lip, ["lipschitz"] * b, evals, completed=True)
+            return RadiusResult(self._lipschitz_radius(q), ["lipschitz"] * len(rf), len(rf), completed=True)
+        if method == "auto":
+            return self._auto_radius(q)
+        return self._explicit_radius(q, method)
 
-        if method != "auto":
-            ev = self._evaluator(prep, method, norm, clip_to_pixel_box, deadline)
-            try:
-                seed, seed_evals = None, 0
-                if method in SEED_METHOD:  # a cheap method's radius, re-verified by this one, saves rounds
-                    cheap = self._evaluator(prep, SEED_METHOD[method], norm, clip_to_pixel_box, deadline)
-                    seeded = search_radius(cheap, rf, guess, None, scfg, deadline)
-                    seed, seed_evals = seeded.radius, seeded.evaluations
-                res = search_radius(ev, rf, guess, None, scfg, deadline, seed=seed)
-            except DeadlineExceeded as exc:
-                raise DeadlineExceeded(f"{method} search ran past the deadline") from exc
-            if not res.finished and deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceeded(f"{method} search ran past the deadline")
-            return RadiusResult(res.radius, [method] * b, res.evaluations + seed_evals, completed=True)
+    def _search(
+        self, q: _Query, method: str, known_lower: np.ndarray | None = None, seed: np.ndarray | None = None
+    ) -> SearchOutcome:
+        """``method``'s search (``known_lower``: radii verified already; ``seed``: an unverified guess)."""
+        evaluate = self._evaluator(q.prep, method, q.norm, q.clip, q.deadline)
+        return search_radius(evaluate, q.rf, q.guess, known_lower, q.search, q.deadline, seed=seed)
 
-        best, used = r_lip.copy(), ["lipschitz"] * b
-        plan = ["local_lipschitz", "crown_ibp"]
-        budget = None if deadline is None else deadline - time.monotonic()
-        if budget is not None and budget > b * self.config.auto_crown_seconds_per_image:
-            plan.append("crown")
+    def _lipschitz_radius(self, q: _Query) -> np.ndarray:
+        """[B] closed form of L·r·(1 + rel) + margin(r) < R_F, the margin taken at the largest radius the
+        bound allows (it grows with r, so this is conservative), then verified; 0 where it fails."""
+        b = len(q.rf)
+        l_eff = self._l_eff(q.norm) * (1 + self.config.shift_margin_relative)
+        evaluate = self._evaluator(q.prep, "lipschitz", q.norm, q.clip, q.deadline)
+        r_max = np.maximum(q.rf, 0.0) / l_eff
+        margin = evaluate(np.arange(b), r_max) - r_max * l_eff
+        r_lip = np.maximum(q.rf - margin, 0.0) / l_eff * (1 - 1e-9)
+        r_lip[(evaluate(np.arange(b), r_lip) >= q.rf) | (q.rf <= 0) | ~np.isfinite(r_lip)] = 0.0
+        return r_lip
+
+    def _explicit_radius(self, q: _Query, method: str) -> RadiusResult:
+        """One method's verified radii; DeadlineExceeded when its search cannot finish in time."""
+        try:
+            seed, seed_evals = None, 0
+            if method in SEED_METHOD:  # a cheap method's radius, re-verified by this one, saves rounds
+                seeded = self._search(q, SEED_METHOD[method])
+                seed, seed_evals = seeded.radius, seeded.evaluations
+            res = self._search(q, method, seed=seed)
+        except DeadlineExceeded as exc:
+            raise DeadlineExceeded(f"{method} search ran past the deadline") from exc
+        if not res.finished and q.deadline is not None and time.monotonic() > q.deadline:
+            raise DeadlineExceeded(f"{method} search ran past the deadline")
+        return RadiusResult(res.radius, [method] * len(q.rf), res.evaluations + seed_evals, completed=True)
+
+    def _auto_radius(self, q: _Query) -> RadiusResult:
+        """The best radius of the planned methods, each search starting from the best so far; stops at the
+        deadline with what is verified (``completed`` False)."""
+        b = len(q.rf)
+        best, used, evals = self._lipschitz_radius(q), ["lipschitz"] * b, b
         completed = True  # False once the deadline skips a planned method or cuts a search short
-        for m in plan:
-            if deadline is not None and time.monotonic() > deadline:
+        for m in self._auto_plan(b, q.deadline)[1:]:  # LIPSCHITZ ran above, in closed form
+            if q.deadline is not None and time.monotonic() > q.deadline:
                 completed = False
                 break
-            ev = self._evaluator(prep, m, norm, clip_to_pixel_box, deadline)
             try:
-                res = search_radius(ev, rf, guess, best, scfg, deadline)
+                res = self._search(q, m, known_lower=best)
             except DeadlineExceeded:
                 completed = False
                 break
             evals += res.evaluations
-            for i in range(b):
-                if res.radius[i] > best[i]:
-                    best[i], used[i] = res.radius[i], m
+            for i in np.flatnonzero(res.radius > best):
+                best[i], used[i] = res.radius[i], m
             if res.stopped_at_deadline:
                 completed = False
                 break
@@ -344,8 +346,7 @@ class BoundEngine:
     ) -> CurveResult:
         """[B, K] sound upper bounds U(r_k) of the feature shift, non-decreasing in r_k, and whether every
         method ran (AUTO stops at the deadline with the bounds so far; an explicit method raises)."""
-        if method not in (*METHODS, "auto"):
-            raise ValueError(f"unknown method {method!r}")
+        _check_method(method)
         prep = self._prepare(images, clip_to_pixel_box)
         x64 = prep.x64
         b = x64.shape[0]
@@ -359,13 +360,7 @@ class BoundEngine:
         k = radii.shape[1]
         rows = np.repeat(np.arange(b), k)
         flat = radii.reshape(-1)
-        methods = ["lipschitz", "local_lipschitz", "crown_ibp"] if method == "auto" else [method]
-        if (
-            method == "auto"
-            and deadline is not None
-            and (deadline - time.monotonic() > b * self.config.auto_crown_seconds_per_image)
-        ):
-            methods.append("crown")
+        methods = self._auto_plan(b, deadline) if method == "auto" else [method]
         u = np.full(flat.shape, np.inf)
         completed = True
         for n, m in enumerate(methods):

@@ -1,65 +1,28 @@
-"""Served F2IPerturb latency against the in-process engine (the ``--grpc`` part of the perturb bench).
+"""Served F2IPerturb latency against the in-process engine (the ``--grpc`` part of ``perturb_engine``).
 
 ``measure_served_latency`` runs the same requests through ``BoundEngine.image_radius`` in-process and through
-``python -m services.perturb`` (a subprocess on 127.0.0.1, cache off) and reports p50 latencies and
-``served_over_inprocess`` (goal <= 1.2). Standalone: ``python -m services.perturb.served_bench --model PATH``.
+the perturb service (a child process on 127.0.0.1, ``benchmarks.serving``, cache off) and reports p50
+latencies and ``served_over_inprocess`` (goal <= 1.2). Standalone:
+``python -m benchmarks.perturb_served --model PATH``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from reaas.methods import PERTURB_METHODS
+from benchmarks.serving import LOOPBACK, serve
+from reaas.methods import NORMS, PERTURB_METHODS
 from reaas.tensors import to_proto
-from reaas.v1 import common_pb2, perturb_pb2, perturb_pb2_grpc
+from reaas.v1 import perturb_pb2, perturb_pb2_grpc
 
-_METHOD_ENUM = PERTURB_METHODS
 _SERVER_MARGIN_S = 0.05  # PerturbConfig.deadline_margin_ms default
-_NORM_ENUM = {"l2": common_pb2.L2, "linf": common_pb2.LINF}
-
-
-def _start_server(model: Path, threads: int) -> tuple[subprocess.Popen, int]:
-    command = [
-        sys.executable,
-        "-m",
-        "services.perturb",
-        "--model",
-        str(model),
-        "--port",
-        "0",
-        "--bind-address",
-        "127.0.0.1",
-        "--insecure-no-auth",
-        "--cache-entries",
-        "0",
-        "--intra-op-threads",
-        str(threads),
-        "--log-level",
-        "INFO",
-    ]
-    process = subprocess.Popen(
-        command,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    while True:
-        line = process.stderr.readline()
-        if not line:
-            raise RuntimeError(f"perturb server exited with {process.wait()}")
-        if "listening on" in line:
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            return process, int(line.rsplit(":", 1)[1])
 
 
 def measure_served_latency(
@@ -104,18 +67,17 @@ def measure_served_latency(
         local_radii.extend(result.image_radius.tolist())
     del engine
 
-    process, port = _start_server(Path(model), threads)
     served_s, served_radii = [], []
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with serve("perturb", model, ["--cache-entries", "0", "--intra-op-threads", str(threads)]) as port:
+        with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
             stub = perturb_pb2_grpc.PerturbStub(channel)
 
             def request(s: int) -> perturb_pb2.F2IPerturbRequest:
                 return perturb_pb2.F2IPerturbRequest(
                     images=to_proto(images[s : s + batch_images]),
                     feature_radius=feature_radius[s : s + batch_images].tolist(),
-                    norm=_NORM_ENUM[norm],
-                    method=_METHOD_ENUM[method],
+                    norm=NORMS[norm],
+                    method=PERTURB_METHODS[method],
                     relative_tolerance=relative_tolerance,
                     clip_to_pixel_box=clip_to_pixel_box,
                 )
@@ -127,9 +89,6 @@ def measure_served_latency(
                 reply = stub.F2IPerturb(message, timeout=timeout_s)
                 served_s.append(time.perf_counter() - t0)
                 served_radii.extend(reply.image_radius)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     local_ms, served_ms = np.array(local_s) * 1000, np.array(served_s) * 1000
     return {
         "method": method,
@@ -150,15 +109,15 @@ def measure_served_latency(
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, measure on random images with R_F = a fraction of the feature norm, print JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m services.perturb.served_bench",
+        prog="python -m benchmarks.perturb_served",
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="ONNX encoder")
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--batch-images", type=int, default=1)
-    parser.add_argument("--method", default="auto", choices=sorted(_METHOD_ENUM))
-    parser.add_argument("--norm", default="l2", choices=sorted(_NORM_ENUM))
+    parser.add_argument("--method", default="auto", choices=sorted(PERTURB_METHODS))
+    parser.add_argument("--norm", default="l2", choices=sorted(NORMS))
     parser.add_argument("--feature-radius", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

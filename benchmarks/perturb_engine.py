@@ -1,25 +1,29 @@
 """In-process benchmark of the bound engine: latency, radii, certificate gap and memory per method.
 
-``python -m services.perturb.bench --model PATH --json``; without ``--model`` it benchmarks an untrained
-encoder of the planned shape. Images: Fashion-MNIST test indices ≡ 0 (mod 20) (REFERENCE §8).
+``python -m benchmarks.perturb_engine --model PATH --json``; without ``--model`` it benchmarks an untrained
+encoder of the planned shape. Images: the Fashion-MNIST test images whose index is ≡ 0 (mod 20), in order.
+Features are served as the Feature-API serves them (``OnnxEncoder``: float32 ONNX Runtime).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import resource
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edge_client.mlp import feature_spread
+from services.encoder.onnx_model import OnnxEncoder
 from services.perturb.engine import BoundEngine
-from services.perturb.engine.attack import AttackConfig, pgd_feature_shift
+from services.trainer.pgd import AttackConfig, pgd_feature_shift
 
 
 @dataclass(frozen=True)
@@ -41,23 +45,14 @@ class BenchConfig:
     grpc_requests: int = 20
 
 
-def _untrained_encoder_onnx(seed: int) -> bytes:
-    from services.trainer.encoders import EncoderConfig, build_encoder
+def _untrained_model(directory: Path, seed: int) -> Path:
+    """The trainer's default encoder shape, untrained, as ONNX in ``directory``."""
+    from reaas.onnx_export import torch_to_onnx
+    from services.trainer.encoders import untrained_encoder
 
-    torch.manual_seed(seed)
-    enc = build_encoder(EncoderConfig()).eval()
-    buf = io.BytesIO()
-    torch.onnx.export(
-        enc,
-        (torch.zeros(1, 1, 28, 28),),
-        buf,
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    return buf.getvalue()
+    path = directory / "untrained.onnx"
+    path.write_bytes(torch_to_onnx(untrained_encoder(seed=seed), (1, 28, 28)))
+    return path
 
 
 def _test_images(n: int) -> np.ndarray:
@@ -98,10 +93,15 @@ def attack_limited_radius(
 def run(cfg: BenchConfig) -> dict:
     """Run every measurement and return the JSON-ready report."""
     torch.set_num_threads(cfg.threads)
-    eng = BoundEngine.from_onnx(cfg.model if cfg.model else _untrained_encoder_onnx(cfg.seed))
+    with tempfile.TemporaryDirectory(prefix="perturb-bench-") as scratch:
+        return _measure(cfg, Path(cfg.model) if cfg.model else _untrained_model(Path(scratch), cfg.seed))
+
+
+def _measure(cfg: BenchConfig, model: Path) -> dict:
+    eng = BoundEngine.from_onnx(model)
+    served = OnnxEncoder(model, intra_op_threads=cfg.threads).run
     x = _test_images(cfg.images)
-    feats = eng.features(x).astype(np.float64)
-    spread = float(np.sqrt(((feats - feats.mean(0)) ** 2).sum(1).mean()))
+    spread = feature_spread(served(x))
     rf = np.full(len(x), cfg.radius_fraction * spread)
     report: dict = {
         "model": cfg.model or "untrained (services.trainer.encoders default shape)",
@@ -112,7 +112,7 @@ def run(cfg: BenchConfig) -> dict:
         "torch_threads": cfg.threads,
         "methods": {},
     }
-    report["float_margin"] = float_margin_cost(eng, x, rf)
+    report["float_margin"] = float_margin_cost(eng, served, x, rf)
     print(f"[bench] float margin: {report['float_margin']}", file=sys.stderr, flush=True)
     auto_radius = None
     for m in cfg.methods:
@@ -154,16 +154,18 @@ def run(cfg: BenchConfig) -> dict:
         report["crown_batch_images"] = k
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     if cfg.grpc_methods:
-        report["served"] = served_latencies(cfg, x, rf)
+        report["served"] = served_latencies(cfg, model, x, rf)
     report["config"] = asdict(cfg)
     return report
 
 
-def float_margin_cost(eng: BoundEngine, x: np.ndarray, rf: np.ndarray) -> dict:
+def float_margin_cost(
+    eng: BoundEngine, served: Callable[[np.ndarray], np.ndarray], x: np.ndarray, rf: np.ndarray
+) -> dict:
     """LIPSCHITZ radii under the proven float32 margin against the old guessed one, 1e-5·(1 + ‖f(x)‖₂)."""
     new = eng.image_radius(x, rf, method="lipschitz").image_radius
     l_eff = eng._l_eff("l2") * (1 + eng.config.shift_margin_relative)
-    f_norm = np.linalg.norm(eng.features(x).astype(np.float64), axis=1)
+    f_norm = np.linalg.norm(served(x).astype(np.float64), axis=1)
     old = np.maximum(rf - 1e-5 * (1 + f_norm), 0.0) / l_eff
     margin = eng.served_error(x, old, clip=True)
     ok = old > 0
@@ -177,24 +179,16 @@ def float_margin_cost(eng: BoundEngine, x: np.ndarray, rf: np.ndarray) -> dict:
     }
 
 
-def served_latencies(cfg: BenchConfig, x: np.ndarray, rf: np.ndarray) -> dict:
+def served_latencies(cfg: BenchConfig, model: Path, x: np.ndarray, rf: np.ndarray) -> dict:
     """Served F2IPerturb p50 against in-process, per method, on the first ``grpc_requests`` images."""
-    import tempfile
+    from benchmarks.perturb_served import measure_served_latency
 
-    from services.perturb.served_bench import measure_served_latency
-
-    with tempfile.TemporaryDirectory(prefix="perturb-bench-") as tmp:
-        model = cfg.model
-        if not model:  # the served process needs a file: write the same untrained encoder
-            model = f"{tmp}/untrained.onnx"
-            with open(model, "wb") as handle:
-                handle.write(_untrained_encoder_onnx(cfg.seed))
-        n = min(cfg.grpc_requests, len(x))
-        out = {}
-        for m in cfg.grpc_methods:
-            out[m] = measure_served_latency(Path(model), x[:n], rf[:n], method=m, threads=cfg.threads)
-            print(f"[bench] served {m}: {out[m]}", file=sys.stderr, flush=True)
-        return out
+    n = min(cfg.grpc_requests, len(x))
+    out = {}
+    for m in cfg.grpc_methods:
+        out[m] = measure_served_latency(model, x[:n], rf[:n], method=m, threads=cfg.threads)
+        print(f"[bench] served {m}: {out[m]}", file=sys.stderr, flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

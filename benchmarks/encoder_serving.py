@@ -1,10 +1,10 @@
 """Feature-API throughput on loopback: raw ONNX Runtime vs served, and dynamic batching vs none.
 
-``python -m services.encoder.bench --model PATH --json`` measures, in one run:
+``python -m benchmarks.encoder_serving --model PATH --json`` measures, in one run:
 
 - ``raw_images_per_s``: in-process ``OnnxEncoder.run`` on batch-256 inputs;
-- ``served_images_per_s``: batch-256 Encode calls against ``python -m services.encoder`` (a subprocess on
-  127.0.0.1), ``served_over_raw`` their ratio (goal >= 0.8);
+- ``served_images_per_s``: batch-256 Encode calls against the encoder service (a child process on
+  127.0.0.1, ``benchmarks.serving``), ``served_over_raw`` their ratio (goal >= 0.8);
 - for 64 concurrent closed-loop single-image clients, images/s and p50/p99 latency with dynamic batching and
   without, and ``batching_speedup`` = with / without (goal >= 2).
 
@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from benchmarks.serving import LOOPBACK, serve
 from reaas.tensors import to_proto
 from reaas.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.resources import compute_threads
@@ -55,25 +54,13 @@ class BenchConfig:
 
 
 def _untrained_model(directory: Path, channels: tuple[int, ...], hidden: int) -> Path:
-    import torch
+    from reaas.onnx_export import torch_to_onnx
+    from services.trainer.encoders import EncoderConfig, untrained_encoder
 
-    from services.trainer.encoders import EncoderConfig, build_encoder
-
-    torch.manual_seed(0)
     strides = (1,) + (2,) * (len(channels) - 1)
-    encoder = build_encoder(EncoderConfig(channels=channels, strides=strides, hidden_dim=hidden)).eval()
+    encoder = untrained_encoder(EncoderConfig(channels=channels, strides=strides, hidden_dim=hidden), seed=0)
     path = directory / "untrained-encoder.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            encoder,
-            torch.zeros(1, 1, 28, 28),
-            str(path),
-            input_names=["images"],
-            output_names=["features"],
-            dynamic_axes={"images": {0: "B"}, "features": {0: "B"}},
-            dynamo=False,
-        )
+    path.write_bytes(torch_to_onnx(encoder, (1, 28, 28)))
     return path
 
 
@@ -112,63 +99,13 @@ def in_process_concurrency(
     return sum(counts) / (time.perf_counter() - started)
 
 
-class _Server:
-    """``python -m services.encoder`` in a subprocess on 127.0.0.1, port read from its log."""
-
-    def __init__(self, model: Path, config: BenchConfig, *, dynamic_batching: bool):
-        command = [
-            sys.executable,
-            "-m",
-            "services.encoder",
-            "--model",
-            str(model),
-            "--port",
-            "0",
-            "--bind-address",
-            "127.0.0.1",
-            "--insecure-no-auth",
-            "--log-level",
-            "INFO",
-            "--intra-op-threads",
-            str(compute_threads(config.intra_op_threads)),
-            "--max-queue-delay-ms",
-            str(config.max_queue_delay_ms),
-            "--worker-threads",
-            "64",
-            "--max-batch-size",
-            str(max(256, config.batch_images)),
-            "--dynamic-batching" if dynamic_batching else "--no-dynamic-batching",
-        ]
-        if config.execution_providers:
-            command += ["--execution-providers", config.execution_providers]
-        self.process = subprocess.Popen(
-            command,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        self.port = 0
-        while self.port == 0:
-            line = self.process.stderr.readline()
-            if not line:
-                raise RuntimeError(f"server exited with {self.process.wait()}")
-            if "listening on" in line:
-                self.port = int(line.rsplit(":", 1)[1])
-        threading.Thread(target=self.process.stderr.read, daemon=True).start()
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
 async def _closed_loop(
     port: int, request: encoder_pb2.EncodeRequest, clients: int, seconds: float, images_per_request: int
 ) -> dict:
     """``clients`` callers each sending ``request`` back to back; images/s and latency percentiles (ms)."""
     latencies_s: list[float] = []
     async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}",
+        f"{LOOPBACK}:{port}",
         options=[("grpc.max_receive_message_length", 1 << 28), ("grpc.max_send_message_length", 1 << 28)],
     ) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
@@ -203,13 +140,19 @@ def _served(
     *,
     dynamic_batching: bool,
 ) -> tuple[dict, str]:
-    server = _Server(model, config, dynamic_batching=dynamic_batching)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    flags = [
+        "--intra-op-threads", str(compute_threads(config.intra_op_threads)),
+        "--max-queue-delay-ms", str(config.max_queue_delay_ms),
+        "--worker-threads", "64",
+        "--max-batch-size", str(max(256, config.batch_images)),
+        "--dynamic-batching" if dynamic_batching else "--no-dynamic-batching",
+    ]
+    if config.execution_providers:
+        flags += ["--execution-providers", config.execution_providers]
+    with serve("encoder", model, flags) as port:
+        with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
             info = encoder_pb2_grpc.EncoderStub(channel).GetModelInfo(common_pb2.GetModelInfoRequest())
-        result = asyncio.run(_closed_loop(server.port, request, clients, config.seconds, images_per_request))
-    finally:
-        server.close()
+        result = asyncio.run(_closed_loop(port, request, clients, config.seconds, images_per_request))
     return result, info.execution_provider
 
 
@@ -272,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, run every scenario, print the report (JSON with --json)."""
     defaults = BenchConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m services.encoder.bench",
+        prog="python -m benchmarks.encoder_serving",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """Semantic certificates vs the ℓ2 conversion on Fashion-MNIST test images, printed as JSON.
 
-``python -m services.perturb.semantic.bench --models models/fmnist-robust.onnx models/fmnist-standard.onnx``
+``python -m benchmarks.semantic --models models/fmnist-robust.onnx models/fmnist-standard.onnx``
 
 Per encoder and kind: the certified B (or C) per image, the ℓ2-implied value R/√d (or R/‖x‖₂) with R
 the engine's AUTO ℓ2 radius (unclipped), and their ratio. R_F = ``feature_radius_factor`` × the
@@ -67,7 +67,7 @@ def bench_model(path: str, images: np.ndarray, kinds: list[str], factor: float, 
 def main(argv: list[str] | None = None) -> int:
     """Parse, load the test subset, bench every model, print JSON."""
     p = argparse.ArgumentParser(
-        prog="python -m services.perturb.semantic.bench", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.semantic", description=__doc__.split("\n")[0]
     )
     p.add_argument(
         "--models", nargs="+", default=["models/fmnist-robust.onnx", "models/fmnist-standard.onnx"]
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     x = test_images[::20][: args.images].numpy()
     factor, tol = args.feature_radius_factor, args.relative_tolerance
     results = [bench_model(m, x, args.kinds, factor, args.combined_images, tol) for m in args.models]
-    command = "python -m services.perturb.semantic.bench " + " ".join(argv or sys.argv[1:])
+    command = "python -m benchmarks.semantic " + " ".join(argv or sys.argv[1:])
     print(json.dumps({"command": command, "results": results}, indent=1))
     return 0
 
