@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# The CPU wheel of torch first, so nothing below pulls a multi-GB CUDA build.
 	$(if $(HAS_CUDA),,$(BIN)/python -m pip install -q torch==2.13.0)
-	$(BIN)/python -m pip install -q -e '.[$(RUNTIME_EXTRA),server,train,dev]'
+	$(BIN)/python -m pip install -q -e '.[$(RUNTIME_EXTRA),server,train,dev,images]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -2,8 +2,9 @@
 
 Fetch features (1 query per training input), train a small MLP on them, certify it in feature space
 (BC: IBP/CROWN bisection; SC: randomized smoothing), and turn the feature radius into an image radius with
-one F2IPerturb query (or none extra on the one-query curve path). Names are imported lazily so that a
-small tool (e.g. ``edge_client.bench``) does not pay for gRPC.
+one F2IPerturb query (or none extra on the one-query curve path). The workflow is ``edge_client.workflow``;
+this package exports its entry points and types. Names are imported lazily so that a small tool (e.g.
+``edge_client.bench``) does not pay for gRPC.
 """
 
 from __future__ import annotations
@@ -11,18 +12,15 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ClientConfig": "edge_client.sdk", "EncoderClient": "edge_client.sdk", "PerturbClient": "edge_client.sdk",
-    "ModelPin": "edge_client.sdk", "RetryPolicy": "edge_client.sdk", "ClientError": "edge_client.sdk",
-    "ModelMismatchError": "edge_client.sdk", "UsageCounter": "edge_client.sdk",
-    "FeatureCache": "edge_client.feature_cache", "fetch_features": "edge_client.feature_cache",
-    "MLP": "edge_client.mlp", "TrainConfig": "edge_client.training", "train_mlp": "edge_client.training",
-    "select_noise_scale": "edge_client.training", "select_hyperparameters": "edge_client.training",
-    "BCConfig": "edge_client.base_certify", "certify_feature_radius": "edge_client.base_certify",
-    "SmoothingConfig": "edge_client.smoothing", "certify_features": "edge_client.smoothing",
-    "predict_features": "edge_client.smoothing", "ABSTAIN": "edge_client.smoothing",
-    "radius_from_curve": "edge_client.radius", "Journal": "edge_client.journal",
-    "summarize": "edge_client.metrics", "CertifyConfig": "edge_client.runner",
-    "run_certification": "edge_client.runner",
+    "ClientConfig": "edge_client.sdk",
+    "connect": "edge_client.workflow",
+    "DownstreamConfig": "edge_client.workflow",
+    "train_downstream": "edge_client.workflow",
+    "Downstream": "edge_client.workflow",
+    "CertifyConfig": "edge_client.certification",
+    "certify_images": "edge_client.workflow",
+    "Certificate": "edge_client.workflow",
+    "certify_subset": "edge_client.workflow",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,7 +1,9 @@
 """On-disk cache of fetched features, keyed by dataset, split, indices, variant and model sha256.
 
-Re-training on cached features costs no queries. Writes are atomic (temporary file, fsync, rename), so a
-killed fetch never leaves a half-written entry behind.
+Re-training on cached features costs no queries. Every entry records the (queries, bytes) fetching it cost,
+so a report over cached features still states the protocol's cost; an entry without that record (written by
+an older client) is fetched again rather than reported as free. Writes are atomic (temporary file, fsync,
+rename), so a killed fetch never leaves a half-written entry behind.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class FeatureCache:
             queries, num_bytes = (int(v) for v in data["fetch_cost"])
             return queries, num_bytes
 
-    def put(self, key: CacheKey, features: np.ndarray, fetch_cost: tuple[int, int] | None = None) -> Path:
+    def put(self, key: CacheKey, features: np.ndarray, fetch_cost: tuple[int, int]) -> Path:
         """Store features [N, ...] for ``key`` atomically, with the (queries, bytes) they cost; the path."""
         if features.shape[0] != len(key.indices):
             raise ValueError(f"{features.shape[0]} feature rows for {len(key.indices)} indices")
@@ -75,47 +77,27 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as handle:
-            extra = {} if fetch_cost is None else {"fetch_cost": np.asarray(fetch_cost, dtype=np.int64)}
             np.savez(handle, features=features, indices=np.asarray(key.indices, dtype=np.int64),
-                     model_sha256=np.array(key.model_sha256), **extra)
+                     model_sha256=np.array(key.model_sha256),
+                     fetch_cost=np.asarray(fetch_cost, dtype=np.int64))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         return path
 
     def get_or_fetch(self, key: CacheKey, fetch: Callable[[], np.ndarray],
-                     measure: Callable[[], tuple[int, int]] | None = None) -> tuple[np.ndarray, bool]:
-        """Cached features for ``key``, else ``fetch()`` and store them; returns (features, was_cached).
+                     measure: Callable[[], tuple[int, int]]) -> tuple[np.ndarray, tuple[int, int], bool]:
+        """Cached features for ``key``, else ``fetch()`` and store them; (features, (queries, bytes), cached).
 
-        ``measure()`` returns running (queries, bytes) totals; their growth during ``fetch`` is stored as the
-        entry's fetch cost, so a report over cached features can still state what fetching them cost.
+        ``measure()`` returns running (queries, bytes) totals; their growth during ``fetch`` is the entry's
+        fetch cost, stored with it and returned on every later hit.
         """
-        cached = self.get(key)
-        if cached is not None:
-            return cached, True
-        before = measure() if measure is not None else None
+        cached, cost = self.get(key), self.fetch_cost(key)
+        if cached is not None and cost is not None:
+            return cached, cost, True
+        before = measure()
         features = np.asarray(fetch())
-        cost = None
-        if before is not None:
-            after = measure()
-            cost = (after[0] - before[0], after[1] - before[1])
+        after = measure()
+        cost = (after[0] - before[0], after[1] - before[1])
         self.put(key, features, cost)
-        return features, False
-
-
-def fetch_features(encoder, cache: FeatureCache | None, dataset: str, split: str, indices, images: np.ndarray,
-                   variant: str = "clean", chunk: int = 4096) -> tuple[np.ndarray, bool]:
-    """Features of ``images`` (dataset rows ``indices``) from the cache, else from ``encoder.encode``.
-
-    ``encoder`` is an EncoderClient (its pinned sha keys the cache). Returns (features [N, D], was_cached).
-    """
-    def fetch() -> np.ndarray:
-        parts = [encoder.encode(images[s:s + chunk]) for s in range(0, len(images), chunk)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-    sha = encoder.model_info().model_sha256
-    if cache is None:
-        return fetch(), False
-    key = CacheKey(dataset, split, tuple(int(i) for i in indices), sha, variant)
-    usage = encoder.usage
-    return cache.get_or_fetch(key, fetch, measure=lambda: (usage.queries, usage.bytes))
+        return features, cost, False

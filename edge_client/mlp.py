@@ -8,6 +8,7 @@ feature-space noise ``sigma_F = c * S / sqrt(d)`` is ``c`` per normalized coordi
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -56,6 +57,19 @@ class MLP:
     def hidden_widths(self) -> tuple[int, ...]:
         """Widths of the hidden layers."""
         return tuple(int(w.shape[0]) for w in self.weights[:-1])
+
+    @property
+    def sha256(self) -> str:
+        """The model's identity: sha256 over every parameter and the normalization (dtype, shape, bytes).
+
+        Journals and training reports name a downstream model by it, so equal hashes mean equal predictions.
+        """
+        digest = hashlib.sha256()
+        for value in (*self.weights, *self.biases, self.center, self.input_scale, self.spread):
+            array = np.ascontiguousarray(value if isinstance(value, np.ndarray) else np.float64(value))
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
 
     def folded_layers(self, dtype: np.dtype | type = np.float64) -> list[tuple[np.ndarray, np.ndarray]]:
         """Affine layers [(W [out, in], b [out])] on raw features, normalization folded into layer 0."""

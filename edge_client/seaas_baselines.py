@@ -31,14 +31,27 @@ def noisy_copies(images: np.ndarray, sigma: float, copies: int, rng: np.random.G
     return np.clip(repeated + np.float32(sigma) * noise, 0.0, 1.0)
 
 
-def fetch_noisy_training_features(encoder, images: np.ndarray, labels: np.ndarray, sigma: float,
-                                  copies: int, rng: np.random.Generator, chunk: int = 2048
-                                  ) -> tuple[np.ndarray, np.ndarray]:
-    """SEaaS-SC training data: features of ``copies`` noisy copies per image (``copies`` queries each)."""
-    features = []
-    for start in range(0, len(images), chunk):
-        features.append(encoder.encode(noisy_copies(images[start:start + chunk], sigma, copies, rng)))
-    return np.concatenate(features), np.repeat(np.asarray(labels), copies)
+# The noise of the SEaaS-SC training copies is drawn from default_rng([seed, TRAINING_NOISE_STREAM]), images
+# taken TRAINING_NOISE_CHUNK at a time (the draws depend on the chunking), and nowhere else; the stream is
+# part of the copies' cache variant, so a cache key names exactly one content.
+TRAINING_NOISE_STREAM = 0x5EAA5
+TRAINING_NOISE_CHUNK = 2048
+
+
+def noisy_variant(sigma: float, copies: int, seed: int) -> str:
+    """The feature-cache variant of the SEaaS-SC training copies drawn with these parameters."""
+    return f"noisy-sigma{sigma:g}-k{copies}-seed{seed}-stream{TRAINING_NOISE_STREAM:x}"
+
+
+def fetch_noisy_training_features(encoder, images: np.ndarray, sigma: float, copies: int,
+                                  seed: int) -> np.ndarray:
+    """SEaaS-SC training data: features [N * copies, D] of ``copies`` noisy copies per image, image-major
+    (``copies`` queries each); the noise is seeded by ``seed`` on the training-noise stream."""
+    rng = np.random.default_rng([seed, TRAINING_NOISE_STREAM])
+    chunk = TRAINING_NOISE_CHUNK
+    features = [encoder.encode(noisy_copies(images[start:start + chunk], sigma, copies, rng))
+                for start in range(0, len(images), chunk)]
+    return np.concatenate(features)
 
 
 def image_classifier(encoder, mlp: MLP, denoiser: Callable[[np.ndarray], np.ndarray] | None = None
@@ -138,13 +151,12 @@ def train_denoiser(images: np.ndarray, config: DenoiserConfig = DenoiserConfig()
 
 def export_denoiser_onnx(model, path: str | os.PathLike, input_shape: tuple[int, int, int]) -> None:
     """Write the denoiser to ONNX with a dynamic batch axis (atomic rename)."""
-    import torch
+    from reaas.onnx_export import torch_to_onnx
 
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.onnx.export(model.eval(), (torch.zeros(1, *input_shape),), tmp, input_names=["noisy"],
-                      output_names=["denoised"], opset_version=17, dynamo=False,
-                      dynamic_axes={"noisy": {0: "batch"}, "denoised": {0: "batch"}})
+    with open(tmp, "wb") as handle:
+        handle.write(torch_to_onnx(model, input_shape, input_name="noisy", output_name="denoised"))
     os.replace(tmp, path)
 
 

@@ -17,29 +17,38 @@ import hashlib
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from edge_client.certification import CertifyConfig
 from edge_client.journal import Journal
-from edge_client.metrics import summarize
-from edge_client.runner import CertifyConfig
-from edge_client.seaas_baselines import DenoiserConfig, OnnxDenoiser, export_denoiser_onnx, train_denoiser
+from edge_client.metrics import DEFAULT_RADII, summarize
+from edge_client.seaas_baselines import DenoiserConfig
 from edge_client.semantic import KINDS as SEMANTIC_KINDS
 from edge_client.semantic import LEVELS as SEMANTIC_LEVELS
-from edge_client.semantic import run_semantic, summarize_semantic
 from edge_client.smoothing import SmoothingConfig
-from edge_client.training import TrainConfig, train_mlp
-from jobs import pipeline, report
+from edge_client.training import TrainConfig
+from edge_client.workflow import (
+    CertifiedSubset,
+    Downstream,
+    DownstreamConfig,
+    Subset,
+    certify_semantic,
+    certify_subset,
+    evaluation_subset,
+    train_denoiser_onnx,
+    train_downstream,
+)
+from jobs import report, steps
 from jobs.entry import interrupt_on_sigterm, run_script
 from jobs.reference_cnn import ReferenceConfig, certify_reference, train_reference
 from reaas.datasets import LOADERS, DataSource
 from reaas.methods import PERTURB_METHODS as PERTURB_METHOD_TABLE
 
-RADII = tuple(r for r in report.REPORT_RADII if r > 0)
+RADII = tuple(r for r in DEFAULT_RADII if r > 0)
 COLUMNS = ["pipeline", "encoder", "queries_per_train_input", "queries_per_test_input", "bytes_per_test_input",
            "client_seconds_per_test_input", "server_seconds_per_test_input", "clean_accuracy",
            *(report.radius_key(r) for r in RADII), "acr", "n_test"]
@@ -47,6 +56,7 @@ PIPELINES = ("SEaaS-BC", "SEaaS-SC", "SEaaS-DS", "REaaS-BC", "REaaS-SC", "REaaS-
 REFERENCE = "Reference CNN (white-box SC)"
 PLOTTED = ("SEaaS-SC", "SEaaS-DS", "REaaS-BC", "REaaS-SC")
 PERTURB_METHODS = tuple(PERTURB_METHOD_TABLE)
+SUBSET_HELP = "first N of the evaluation subset, test indices ≡ 0 mod 20 (0, 20, 40, …); "
 CHOICES = {"bc_method": ("bc-crown", "bc-ibp"), "perturb_method": PERTURB_METHODS,
            "curve_method": PERTURB_METHODS, "dataset": tuple(LOADERS)}
 
@@ -61,7 +71,7 @@ class BenchConfig:
     dataset: str = "fashion-mnist"  # both encoders must take its images (README: your own CIFAR10/SVHN/STL10)
     data_root: str = ""  # directory of the dataset's files; empty = the default place
     num_train: int = 60_000  # REaaS and SEaaS-DS training inputs (1 query each)
-    num_test: int = 100  # REaaS rows: prefix of the REFERENCE §8 test subset
+    num_test: int = 100  # REaaS rows: first N of the evaluation subset (test indices ≡ 0 mod 20)
     noise_c: tuple[float, ...] = (0.5, 1.0, 2.0)  # REaaS-SC sigma_F = c * S / sqrt(d), chosen on validation
     epochs: int = 20  # MLP epochs (every MLP of the bench)
     n0: int = 100
@@ -109,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         full, quick = getattr(FULL, item.name), getattr(QUICK, item.name)
         shown = _show(full) if full == quick else f"{_show(full)} (quick: {_show(quick)})"
         kind = {"Path": Path, "int": int, "float": float, "str": str}.get(item.type, str)
+        what = SUBSET_HELP if item.name.endswith("num_test") else ""
         parser.add_argument("--" + item.name.replace("_", "-"), type=kind, default=None,
-                            choices=CHOICES.get(item.name), help=f"default {shown}")
+                            choices=CHOICES.get(item.name), help=f"{what}default {shown}")
     return parser
 
 
@@ -152,10 +163,15 @@ def _row(pipeline_name: str, encoder: str, summary: dict | None, note: str = "",
     return row
 
 
-def _subset_summary(rows: Sequence[dict], indices: Sequence[int], training: dict) -> dict:
+def _subset_summary(rows: Sequence[dict], indices: Sequence[int], downstream: Downstream) -> dict:
     """Summary of the rows whose index is in ``indices`` (the comparison on the same test inputs)."""
     wanted = {int(i) for i in indices}
-    return summarize([r for r in rows if int(r["index"]) in wanted], **training)
+    return downstream.summarize([r for r in rows if int(r["index"]) in wanted])
+
+
+def _raw(certified: CertifiedSubset) -> dict:
+    """A certified pipeline in the raw results: its journal rows and summary."""
+    return {"rows": certified.rows, "summary": certified.summary}
 
 
 def data_source(config: BenchConfig) -> DataSource:
@@ -183,16 +199,11 @@ def client_denoiser(config: BenchConfig, log: Callable[[str], None] = print) -> 
     import torch
 
     torch.set_num_threads(1)
-    images, _ = data_source(config).load("train")
+    images, _ = steps.training_images(data_source(config), config.denoiser_num_train)
     started = time.perf_counter()
-    model = train_denoiser(images[:config.denoiser_num_train],
-                           DenoiserConfig(sigma=config.image_sigma, depth=config.denoiser_depth,
-                                          channels=config.denoiser_channels, epochs=config.denoiser_epochs,
-                                          seed=config.seed))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
-        warnings.simplefilter("ignore", DeprecationWarning)
-        export_denoiser_onnx(model, path, tuple(images.shape[1:]))
+    train_denoiser_onnx(images, DenoiserConfig(sigma=config.image_sigma, depth=config.denoiser_depth,
+                                               channels=config.denoiser_channels,
+                                               epochs=config.denoiser_epochs, seed=config.seed), path)
     log(f"denoiser: DnCNN depth {config.denoiser_depth} x {config.denoiser_channels} on "
         f"{config.denoiser_num_train} images, {time.perf_counter() - started:.0f} s -> {path}")
     return path
@@ -200,83 +211,72 @@ def client_denoiser(config: BenchConfig, log: Callable[[str], None] = print) -> 
 
 def encoder_rows(encoder_label: str, model: Path, config: BenchConfig, denoiser_path: Path | None,
                  log: Callable[[str], None] = print) -> tuple[list[dict], dict, dict]:
-    """All rows of one encoder over real services; (rows, curves {pipeline: (radii, correct)}, raw results).
+    """All rows of one encoder over real services; (rows, curves {pipeline: (correct, radii)}, raw results).
 
     ``raw[pipeline]`` holds the journal rows and summary of each certified pipeline, and
     ``raw["same_inputs"]`` the REaaS-SC and SEaaS-SC summaries over exactly the SEaaS test inputs.
     """
     journals = config.out / "journals" / encoder_label
     data = data_source(config)
-    reaas_subset = pipeline.test_subset(max(config.num_test, config.seaas_num_test), data)
-    seaas_subset = pipeline.test_subset(config.seaas_num_test, data)
+    reaas_subset = evaluation_subset(data, max(config.num_test, config.seaas_num_test))
+    seaas_subset = evaluation_subset(data, config.seaas_num_test)
     base = CertifyConfig(n0=config.n0, n=config.n, alpha=config.alpha, seed=config.seed,
                          perturb_method=config.perturb_method, image_sigma=config.image_sigma)
+    train = TrainConfig(epochs=config.epochs, seed=config.seed)
+    seaas_train = TrainConfig(epochs=config.seaas_epochs, seed=config.seed)
     raw: dict = {}
-    with pipeline.local_services(model, pipeline.scratch_dir(f"reaas-bench-{encoder_label}-")) as endpoints:
-        encoder, perturb = pipeline.connect(endpoints, timeout_s=config.perturb_timeout_s)
-        pipeline.check_input_shape(encoder, data)
-        started = time.perf_counter()
-        downstream = pipeline.train_downstream(encoder, pipeline.DownstreamConfig(
-            num_train=config.num_train, noise_c_grid=config.noise_c,
-            train=TrainConfig(epochs=config.epochs, seed=config.seed)), config.cache_dir, data=data)
-        log(f"[{encoder_label}] REaaS MLP: {downstream.training_inputs} inputs, noise c = "
-            f"{downstream.noise_c:g}, {time.perf_counter() - started:.0f} s")
-        methods = {"REaaS-BC": (config.bc_method, base),
-                   "REaaS-SC": ("sc", base),
-                   "REaaS-SC one-query": ("sc-curve", replace(base, perturb_method=config.curve_method))}
-        for name, (method, method_base) in methods.items():
+    with steps.local_services(model, steps.scratch_dir(f"reaas-bench-{encoder_label}-")) as endpoints:
+        encoder, perturb = steps.connect_local(endpoints, timeout_s=config.perturb_timeout_s)
+        steps.check_input_shape(encoder, data)
+
+        def fit(name: str, num_train: int, downstream_config: DownstreamConfig, **options) -> Downstream:
             started = time.perf_counter()
-            with _bar(len(reaas_subset[0]), f"{encoder_label} {name}") as bar:
-                rows, summary = pipeline.certify(method, downstream, encoder, perturb, reaas_subset, journals,
-                                                 method_base, on_row=lambda row, bar=bar: bar.update(1),
-                                                 data=data)
-            raw[name] = {"rows": rows, "summary": summary}
-            log(f"[{encoder_label}] {name}: ACR {summary['acr']:.4f}, {time.perf_counter() - started:.0f} s")
+            images, labels = steps.training_images(data, num_train)
+            fitted = train_downstream(encoder, images, labels, downstream_config, cache_dir=config.cache_dir,
+                                      dataset=data.name, **options)
+            log(f"[{encoder_label}] {name} MLP: {fitted.training_inputs} inputs, noise c = "
+                f"{fitted.noise_c:g}, {time.perf_counter() - started:.0f} s")
+            return fitted
+
+        def certify(name: str, downstream: Downstream, subset: Subset, method_config: CertifyConfig) -> None:
+            started = time.perf_counter()
+            with _bar(len(subset.indices), f"{encoder_label} {name}") as bar:
+                raw[name] = _raw(certify_subset(downstream, subset, encoder, perturb, method_config, journals,
+                                                dataset=data.name, on_row=lambda row: bar.update(1)))
+            log(f"[{encoder_label}] {name}: ACR {raw[name]['summary']['acr']:.4f}, "
+                f"{time.perf_counter() - started:.0f} s")
+
+        downstream = fit("REaaS", config.num_train,
+                         DownstreamConfig(noise_c_grid=config.noise_c, train=train))
+        certify("REaaS-BC", downstream, reaas_subset, replace(base, method=config.bc_method))
+        certify("REaaS-SC", downstream, reaas_subset, replace(base, method="sc"))
+        certify("REaaS-SC one-query", downstream, reaas_subset,
+                replace(base, method="sc-curve", perturb_method=config.curve_method))
         raw["semantic"] = semantic_certificates(encoder_label, raw["REaaS-BC"]["rows"], reaas_subset, perturb,
                                                 config, journals, not base.clip_to_pixel_box, log)
         raw["synbench_score"] = encoder.model_info().synbench_score
 
-        started = time.perf_counter()
-        features, labels, queries, num_bytes = pipeline.noisy_training_features(
-            encoder, config.seaas_num_train, config.image_sigma, config.seaas_copies, config.seed,
-            config.cache_dir, data)
         num_classes = downstream.mlp.num_classes
-        mlp = train_mlp(features, labels, TrainConfig(epochs=config.seaas_epochs, noise_c=0.0,
-                                                      seed=config.seed), num_classes=num_classes)
-        seaas_sc = pipeline.Downstream(mlp, 0.0, 0.0, config.seaas_num_train, queries, num_bytes, [])
-        with _bar(len(seaas_subset[0]), f"{encoder_label} SEaaS-SC") as bar:
-            rows, summary = pipeline.certify_image_space(
-                "seaas-sc", seaas_sc, encoder, seaas_subset, journals, replace(base, n=config.seaas_n),
-                on_row=lambda row: bar.update(1), data=data)
-        raw["SEaaS-SC"] = {"rows": rows, "summary": summary}
-        log(f"[{encoder_label}] SEaaS-SC: ACR {summary['acr']:.4f}, {time.perf_counter() - started:.0f} s")
-
+        seaas_sc = fit("SEaaS-SC", config.seaas_num_train,
+                       DownstreamConfig(baseline="seaas-sc", image_sigma=config.image_sigma,
+                                        copies=config.seaas_copies, train=seaas_train),
+                       num_classes=num_classes)
+        certify("SEaaS-SC", seaas_sc, seaas_subset, replace(base, method="seaas-sc", n=config.seaas_n))
         if denoiser_path is not None:
-            started = time.perf_counter()
-            clean, clean_labels, queries, num_bytes = pipeline.training_features(encoder, config.num_train,
-                                                                                 config.cache_dir, data)
-            mlp = train_mlp(clean, clean_labels, TrainConfig(epochs=config.seaas_epochs, noise_c=0.0,
-                                                             seed=config.seed), num_classes=num_classes)
-            seaas_ds = pipeline.Downstream(mlp, 0.0, 0.0, len(clean_labels), queries, num_bytes, [])
-            with _bar(len(seaas_subset[0]), f"{encoder_label} SEaaS-DS") as bar:
-                rows, summary = pipeline.certify_image_space(
-                    "seaas-ds", seaas_ds, encoder, seaas_subset, journals,
-                    replace(base, n=config.ds_n, denoiser_path=str(denoiser_path)),
-                    on_row=lambda row: bar.update(1), denoiser=OnnxDenoiser(denoiser_path), data=data)
-            raw["SEaaS-DS"] = {"rows": rows, "summary": summary}
-            log(f"[{encoder_label}] SEaaS-DS: ACR {summary['acr']:.4f}, "
-                f"{time.perf_counter() - started:.0f} s")
+            seaas_ds = fit("SEaaS-DS", config.num_train,
+                           DownstreamConfig(baseline="seaas-ds", train=seaas_train), num_classes=num_classes)
+            certify("SEaaS-DS", seaas_ds, seaas_subset,
+                    replace(base, method="seaas-ds", n=config.ds_n, denoiser_path=str(denoiser_path)))
     raw["model_sha256"] = endpoints["model_sha256"]
     raw["noise_c"], raw["sigma_f"] = downstream.noise_c, downstream.sigma_f
-    training = {"training_inputs": downstream.training_inputs,
-                "training_queries": downstream.training_queries, "training_bytes": downstream.training_bytes}
-    raw["same_inputs"] = {"test_indices": [int(i) for i in seaas_subset[0]],
-                          "REaaS-SC": _subset_summary(raw["REaaS-SC"]["rows"], seaas_subset[0], training),
+    raw["same_inputs"] = {"test_indices": [int(i) for i in seaas_subset.indices],
+                          "REaaS-SC": _subset_summary(raw["REaaS-SC"]["rows"], seaas_subset.indices,
+                                                      downstream),
                           "SEaaS-SC": raw["SEaaS-SC"]["summary"]}
     return _encoder_table(encoder_label, config, raw), _curves(raw), raw
 
 
-def semantic_certificates(encoder_label: str, bc_rows: Sequence[dict], subset: tuple, perturb,
+def semantic_certificates(encoder_label: str, bc_rows: Sequence[dict], subset: Subset, perturb,
                           config: BenchConfig, journals: Path, l2_unclipped: bool,
                           log: Callable[[str], None] = print) -> dict:
     """Certified brightness / contrast ranges from the REaaS-BC feature radii of the first inputs, per kind.
@@ -287,18 +287,14 @@ def semantic_certificates(encoder_label: str, bc_rows: Sequence[dict], subset: t
     rows = list(bc_rows)[:config.semantic_num_test]
     if not rows:
         return {}
-    images = {int(i): image for i, image in zip(subset[0], subset[1], strict=True)}
+    images = {int(i): image for i, image in zip(subset.indices, subset.images, strict=True)}
     out = {}
     for kind in SEMANTIC_KINDS:
         started = time.perf_counter()
-        header = {"kind": kind, "model_sha256": perturb.pin.sha256 or "",
-                  "feature_radii": [[r["index"], r["feature_radius"]] for r in rows]}
-        journal = Journal.keyed(journals, f"semantic-{kind}", header)
         with _bar(len(rows), f"{encoder_label} semantic {kind}") as bar:
-            kind_rows = run_semantic(journal, rows, images, perturb, kind,
-                                     l2_unclipped=l2_unclipped,
-                                     on_row=lambda row, bar=bar: bar.update(1))
-        out[kind] = {"rows": kind_rows, "summary": summarize_semantic(kind_rows, SEMANTIC_LEVELS[kind])}
+            out[kind] = _raw(certify_semantic(rows, images, perturb, kind, journals,
+                                              l2_unclipped=l2_unclipped,
+                                              on_row=lambda row, bar=bar: bar.update(1)))
         ratio = out[kind]["summary"]["median_ratio_over_l2_implied"]
         log(f"[{encoder_label}] semantic {kind}: median certified / l2-implied "
             f"{'—' if ratio is None else f'{ratio:.3g}'}, {time.perf_counter() - started:.0f} s")
@@ -360,7 +356,7 @@ def _encoder_table(encoder_label: str, config: BenchConfig, raw: dict) -> list[d
 
 
 def _curves(raw: dict) -> dict:
-    return {name: pipeline.rows_to_curve(raw[name]["rows"]) for name in PIPELINES if name in raw}
+    return {name: steps.rows_to_curve(raw[name]["rows"]) for name in PIPELINES if name in raw}
 
 
 def reference_row(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[dict, tuple]:
@@ -370,7 +366,7 @@ def reference_row(config: BenchConfig, log: Callable[[str], None] = print) -> tu
     when some rows are still missing.
     """
     data = data_source(config)
-    indices, test_images, test_labels = pipeline.test_subset(config.reference_num_test, data)
+    indices, test_images, test_labels = evaluation_subset(data, config.reference_num_test)
     header = {"reference": {k: getattr(config, k) for k in (
         "dataset", "data_root", "image_sigma", "reference_num_train", "reference_epochs", "n0", "reference_n",
         "alpha", "seed")}}
@@ -395,7 +391,7 @@ def reference_row(config: BenchConfig, log: Callable[[str], None] = print) -> tu
     note = (f"no service: end-to-end CNN, image sigma {config.image_sigma:g}, n = {config.reference_n:,}, "
             f"{config.reference_epochs} epochs on {config.reference_num_train:,} images")
     row = _row(REFERENCE, "white-box CNN", summary, note, smoothing_n=config.reference_n)
-    return row, pipeline.rows_to_curve(rows)
+    return row, steps.rows_to_curve(rows)
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:

@@ -1,6 +1,7 @@
 """Result rows of the main job and the benchmark: certified-accuracy curves, markdown tables, plots.
 
-A *row* is a flat dict: one certification pipeline on one encoder. Pure functions, except the writers.
+A *row* is a flat dict: one certification pipeline on one encoder. Pure functions, except the writers. The
+numbers come from ``edge_client.metrics``, the one metrics module.
 """
 
 from __future__ import annotations
@@ -13,33 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPORT_RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+from edge_client.metrics import certified_accuracy
 
 
 def radius_key(radius: float) -> str:
     """Column name of certified accuracy at an ℓ2 image radius, e.g. ``certified_accuracy_0.25``."""
     return f"certified_accuracy_{radius:g}"
-
-
-def certified_accuracy(radii: np.ndarray, correct: np.ndarray, at: float) -> float:
-    """Fraction of inputs predicted correctly with certified radius ≥ ``at`` (abstain: radius -1 or wrong)."""
-    radii, correct = np.asarray(radii, np.float64), np.asarray(correct, bool)
-    return float(np.mean(correct & (radii >= at))) if radii.size else math.nan
-
-
-def average_certified_radius(radii: np.ndarray, correct: np.ndarray) -> float:
-    """ACR: mean of R·1[correct], with abstentions (negative radii) counted as 0."""
-    radii, correct = np.asarray(radii, np.float64), np.asarray(correct, bool)
-    return float(np.mean(np.where(correct, np.maximum(radii, 0.0), 0.0))) if radii.size else math.nan
-
-
-def accuracy_columns(radii: np.ndarray, correct: np.ndarray,
-                     radii_grid: Sequence[float] = REPORT_RADII) -> dict:
-    """Clean accuracy, certified accuracy at each grid radius and ACR, as row columns."""
-    columns = {"clean_accuracy": float(np.mean(correct)) if len(correct) else math.nan}
-    columns.update({radius_key(r): certified_accuracy(radii, correct, r) for r in radii_grid if r > 0})
-    columns["acr"] = average_certified_radius(radii, correct)
-    return columns
 
 
 def _cell(value) -> str:
@@ -76,7 +56,7 @@ def write_json(path: Path, payload) -> None:
 
 def plot_certified_accuracy(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
                             max_radius: float = 1.5) -> None:
-    """Certified accuracy against ℓ2 radius, one line per pipeline; ``curves[label] = (radii, correct)``."""
+    """Certified accuracy against ℓ2 radius, one line per pipeline; ``curves[label] = (correct, radii)``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,8 +64,8 @@ def plot_certified_accuracy(curves: dict[str, tuple[np.ndarray, np.ndarray]], pa
 
     grid = np.linspace(0.0, max_radius, 301)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    for label, (radii, correct) in curves.items():
-        ax.plot(grid, [certified_accuracy(radii, correct, r) for r in grid], label=label, linewidth=1.8)
+    for label, (correct, radii) in curves.items():
+        ax.plot(grid, [certified_accuracy(correct, radii, r) for r in grid], label=label, linewidth=1.8)
     ax.set_xlabel("ℓ2 radius (raw [0, 1] pixel units)")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0.0, 1.0)

@@ -2,9 +2,10 @@
 
 Starts the encoder and perturb services on the shipped robust encoder with a fresh API key; the edge client
 fetches Fashion-MNIST training features (1 query each, cached), chooses its smoothing noise on a validation
-split, trains its MLP, certifies the fixed test subset with REaaS-BC and REaaS-SC (2 queries per test
-input), prints a table and writes ``results/run.json`` and ``results/run.png``. The services are stopped on
-success, failure and Ctrl-C. Re-running resumes from the journals without repeating queries.
+split, trains its MLP, certifies the fixed test subset (test indices ≡ 0 mod 20) with REaaS-BC and REaaS-SC
+(2 queries per test input), prints a table and writes ``results/run.json`` and ``results/run.png``. The
+services are stopped on success, failure and Ctrl-C. Re-running resumes from the journals without repeating
+queries. The client's side is ``edge_client.workflow``; this module parses flags and reports.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge_client.runner import CertifyConfig
+from edge_client.certification import CertifyConfig
+from edge_client.metrics import DEFAULT_RADII
 from edge_client.training import TrainConfig
-from jobs import pipeline, report
+from edge_client.workflow import DownstreamConfig, certify_subset, evaluation_subset, train_downstream
+from jobs import report, steps
 from jobs.entry import interrupt_on_sigterm, run_script
 from reaas.datasets import LOADERS, DataSource
 from reaas.methods import PERTURB_METHODS
@@ -26,7 +29,7 @@ from reaas.methods import PERTURB_METHODS
 LABELS = {"bc-crown": "REaaS-BC (CROWN)", "bc-ibp": "REaaS-BC (IBP)", "sc": "REaaS-SC",
           "sc-curve": "REaaS-SC one-query"}
 COLUMNS = ["pipeline", "queries_per_train_input", "queries_per_test_input", "bytes_per_test_input",
-           "clean_accuracy", *(report.radius_key(r) for r in report.REPORT_RADII if r > 0), "acr"]
+           "clean_accuracy", *(report.radius_key(r) for r in DEFAULT_RADII if r > 0), "acr"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the encoder must take its images (pre-train one: services.trainer --dataset)")
     parser.add_argument("--data-root", default=None, help="directory of the dataset's files (your own copy)")
     parser.add_argument("--num-test", type=int, default=500,
-                        help="test inputs (prefix of the REFERENCE §8 subset)")
+                        help="test inputs: the first N of the evaluation subset, test indices ≡ 0 mod 20 "
+                             "(0, 20, 40, …)")
     parser.add_argument("--num-train", type=int, default=60_000, help="training inputs (1 query each)")
     parser.add_argument("--methods", default="bc-crown,sc",
                         help=f"comma-separated, from {', '.join(LABELS)}")
@@ -70,32 +74,32 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"model {args.model} not found (shipped in models/, or `make pretrain`)")
     interrupt_on_sigterm()
     started = time.perf_counter()
-    downstream_config = pipeline.DownstreamConfig(
-        num_train=args.num_train, noise_c_grid=tuple(float(c) for c in args.noise_c.split(",")),
-        train=TrainConfig(epochs=args.epochs, seed=args.seed))
+    downstream_config = DownstreamConfig(noise_c_grid=tuple(float(c) for c in args.noise_c.split(",")),
+                                         train=TrainConfig(epochs=args.epochs, seed=args.seed))
     base = CertifyConfig(n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                          perturb_method=args.perturb_method)
     data = DataSource(args.dataset, args.data_root)
-    subset = pipeline.test_subset(args.num_test, data)
-    run_dir = pipeline.scratch_dir("reaas-run-")
+    subset = evaluation_subset(data, args.num_test)
+    run_dir = steps.scratch_dir("reaas-run-")
     results: dict = {}
     print(f"starting services for {args.model} (run dir {run_dir})", flush=True)
-    with pipeline.local_services(args.model, run_dir) as endpoints:
-        encoder, perturb = pipeline.connect(endpoints, timeout_s=args.perturb_timeout_s)
-        pipeline.check_input_shape(encoder, data)
+    with steps.local_services(args.model, run_dir) as endpoints:
+        encoder, perturb = steps.connect_local(endpoints, timeout_s=args.perturb_timeout_s)
+        steps.check_input_shape(encoder, data)
+        images, labels = steps.training_images(data, args.num_train)
         with tqdm(total=downstream_config.train.epochs, desc="training MLP", unit="epoch") as bar:
-            downstream = pipeline.train_downstream(encoder, downstream_config, args.cache_dir,
-                                                   progress=lambda epoch, loss: bar.update(1), data=data)
+            downstream = train_downstream(encoder, images, labels, downstream_config,
+                                          cache_dir=args.cache_dir, dataset=data.name,
+                                          progress=lambda epoch, loss: bar.update(1))
         print(f"training: {downstream.training_inputs} inputs, {downstream.training_queries} queries "
-              f"(0 when cached), noise c = {downstream.noise_c:g}, sigma_F = {downstream.sigma_f:.4g}")
+              f"(also when cached), noise c = {downstream.noise_c:g}, sigma_F = {downstream.sigma_f:.4g}")
         for method in methods:
-            with tqdm(total=len(subset[0]), desc=LABELS[method], unit="input") as bar:
-                rows, summary = pipeline.certify(method, downstream, encoder, perturb, subset,
-                                                 args.out / "journals", base,
-                                                 on_row=lambda row: bar.update(1), data=data)
+            with tqdm(total=len(subset.indices), desc=LABELS[method], unit="input") as bar:
+                results[method] = certify_subset(downstream, subset, encoder, perturb,
+                                                 replace(base, method=method), args.out / "journals",
+                                                 dataset=data.name, on_row=lambda row: bar.update(1))
                 bar.update(bar.total - bar.n)
-            results[method] = {"summary": summary, "rows": rows}
-    table_rows = [_table_row(LABELS[m], results[m]["summary"]) for m in methods]
+    table_rows = [_table_row(LABELS[m], results[m].summary) for m in methods]
     print()
     print(report.markdown_table(table_rows, COLUMNS))
     payload = {"model": str(args.model), "model_sha256": endpoints["model_sha256"],
@@ -103,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                           "cache_dir": str(args.cache_dir), "certify": asdict(replace(base))},
                "noise_c": downstream.noise_c, "sigma_f": downstream.sigma_f,
                "noise_c_selection": downstream.selection_table, "table": table_rows,
-               "methods": {m: results[m]["summary"] for m in methods},
+               "methods": {m: results[m].summary for m in methods},
                "wall_seconds": time.perf_counter() - started}
     report.write_json(args.out / "run.json", payload)
-    curves = {LABELS[m]: pipeline.rows_to_curve(results[m]["rows"]) for m in methods}
-    title = f"REaaS on {args.dataset} ({args.model.stem}, {len(subset[0])} test inputs)"
+    curves = {LABELS[m]: steps.rows_to_curve(results[m].rows) for m in methods}
+    title = f"REaaS on {args.dataset} ({args.model.stem}, {len(subset.indices)} test inputs)"
     report.plot_certified_accuracy(curves, args.out / "run.png", title)
     print(f"\nwrote {args.out / 'run.json'} and {args.out / 'run.png'} in {payload['wall_seconds']:.0f} s")
     return 0

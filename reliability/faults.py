@@ -2,23 +2,21 @@
 perturb service mid-run; the edge client must finish with results identical to an undisturbed run.
 
 Both runs use the local topology of ``make up`` (two encoder replicas behind client-side round_robin, one
-perturb) and the edge client's SDK (retries on UNAVAILABLE) and journaled runner. Compared: training
-features bit for bit, the trained MLP, and every journal row except its timings.
+perturb) and the edge client's workflow (``edge_client.workflow``: SDK retries on UNAVAILABLE, journaled
+certification). Compared: the training features (their sha256), the trained MLP (``MLP.sha256``), and every
+journal row except its timings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-import numpy as np
 
 TIMING_FIELDS = frozenset({"seconds", "client_seconds", "service_seconds"})
 
@@ -140,98 +138,65 @@ class FaultPlan:
 
 
 def _clients(endpoints: dict, settings: FaultSettings):
-    """Encoder and Perturb SDK clients sharing one model pin, patient enough to outlast a restart."""
-    from edge_client.sdk import ClientConfig, EncoderClient, ModelPin, PerturbClient, RetryPolicy
+    """Encoder and Perturb clients sharing one model pin, patient enough to outlast a restart."""
+    from edge_client.sdk import RetryPolicy
+    from edge_client.workflow import connect, endpoint_configs
 
     # ~60 s of backoff in all: longer than a replica needs to restart
     retry = RetryPolicy(max_attempts=40, initial_backoff_s=0.05, max_backoff_s=2.0)
-    key, pin = endpoints["api_key"], ModelPin()
-    services = endpoints["services"]
-    encoder = EncoderClient(
-        ClientConfig(
-            services["encoder"]["target"], api_key=key, timeout_s=120, retry=retry, jitter_seed=settings.seed
-        ),
-        pin=pin,
-    )
-    perturb = PerturbClient(
-        ClientConfig(
-            services["perturb"]["target"],
-            api_key=key,
-            timeout_s=120,
-            retry=retry,
-            jitter_seed=settings.seed + 1,
-        ),
-        pin=pin,
-    )
-    return encoder, perturb
+    encoder, perturb = endpoint_configs(endpoints, timeout_s=120, retry=retry, jitter_seed=settings.seed)
+    return connect(encoder, replace(perturb, jitter_seed=settings.seed + 1))
 
 
-def mlp_digest(mlp) -> str:
-    """sha256 of the MLP's weights and biases (identifies the downstream model in the journal header)."""
-    return hashlib.sha256(b"".join(w.tobytes() for w in (*mlp.weights, *mlp.biases))).hexdigest()
-
-
-def certify(
-    encoder,
-    perturb,
-    journal_path: Path,
-    mlp,
-    settings: FaultSettings,
-    on_row: Callable[[dict], None] | None = None,
-) -> list[dict]:
+def certify(encoder, perturb, journal_path: Path, downstream, settings: FaultSettings,
+            on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Certify the test prefix into ``journal_path`` (resuming whatever it already holds); all its rows."""
-    from edge_client.journal import Journal
-    from edge_client.runner import CertifyConfig, journal_header, run_certification
-    from reliability.common import evaluation_images
+    from edge_client.certification import CertifyConfig
+    from edge_client.workflow import certify_subset, evaluation_subset
+    from reaas.datasets import DataSource
 
-    indices, images, labels = evaluation_images(settings.evaluation_images)
-    config = CertifyConfig(
-        method=settings.certify_method, perturb_method=settings.perturb_method, seed=settings.seed
-    )
-    journal = Journal(
-        journal_path, journal_header(config, encoder.model_info().model_sha256, mlp_digest(mlp))
-    )
-    return run_certification(journal, indices, images, labels, mlp, encoder, perturb, config, on_row=on_row)
+    config = CertifyConfig(method=settings.certify_method, perturb_method=settings.perturb_method,
+                           seed=settings.seed)
+    subset = evaluation_subset(DataSource(), settings.evaluation_images)
+    return certify_subset(downstream, subset, encoder, perturb, config, journal_path, on_row=on_row).rows
 
 
 def client_run(endpoints: dict, journal_path: Path, settings: FaultSettings, plan: FaultPlan | None) -> dict:
-    """Fetch training features, train the MLP, certify the test prefix (journaled); features and rows."""
-    from edge_client.training import TrainConfig, train_mlp
-    from reaas.datasets import load_fashion_mnist
+    """Fetch training features, train the MLP, certify the test prefix (journaled); what to compare."""
+    from edge_client.training import TrainConfig
+    from edge_client.workflow import DownstreamConfig, train_downstream
+    from reaas.datasets import DataSource
 
-    train_x, train_y = load_fashion_mnist("train")
-    train_x, train_y = train_x[: settings.train_images], train_y[: settings.train_images]
+    images, labels = DataSource().load("train")
+    images, labels = images[: settings.train_images], labels[: settings.train_images]
+    config = DownstreamConfig(noise_c_grid=(0.25,),
+                              train=TrainConfig(hidden_widths=(64,), epochs=5, seed=settings.seed))
+    done = {"fetch_calls": 0, "rows": 0}
+
+    def on_fetch(fetched: int) -> None:
+        done["fetch_calls"] += 1
+        if plan is not None:
+            plan.after_fetch_call(done["fetch_calls"])
+            if fetched == len(images):
+                plan.after_fetch()
+
+    def on_row(row: dict) -> None:
+        done["rows"] += 1
+        if plan is not None:
+            plan.after_row(done["rows"])
+
     encoder, perturb = _clients(endpoints, settings)
     with encoder, perturb:
-        parts = []
-        for calls, start in enumerate(range(0, len(train_x), settings.fetch_batch), start=1):
-            parts.append(encoder.encode(train_x[start : start + settings.fetch_batch]))
-            if plan is not None:
-                plan.after_fetch_call(calls)
-        features = np.concatenate(parts)
-        if plan is not None:
-            plan.after_fetch()
-        mlp = train_mlp(
-            features,
-            train_y,
-            TrainConfig(hidden_widths=(64,), epochs=5, noise_c=0.25, seed=settings.seed),
-            num_classes=10,
-        )
-        mlp.save(journal_path.with_suffix(".mlp.npz"))
-        done = [0]
-
-        def on_row(row: dict) -> None:
-            done[0] += 1
-            if plan is not None:
-                plan.after_row(done[0])
-
-        rows = certify(encoder, perturb, journal_path, mlp, settings, on_row)
+        downstream = train_downstream(encoder, images, labels, config, num_classes=10,
+                                      fetch_batch=settings.fetch_batch, on_fetch=on_fetch)
+        downstream.save(journal_path.with_suffix(".mlp.npz"))
+        rows = certify(encoder, perturb, journal_path, downstream, settings, on_row)
         if plan is not None:
             plan.wait()
         retries = encoder.usage.retries + perturb.usage.retries
     return {
-        "features": features,
-        "mlp_sha256": mlp_digest(mlp),
+        "features_sha256": downstream.features_sha256,
+        "mlp_sha256": downstream.mlp.sha256,
         "rows": rows,
         "retries": retries,
         "journal": journal_path,
@@ -257,7 +222,7 @@ def client_kill_run(
     import subprocess
     import sys
 
-    from edge_client.mlp import MLP
+    from edge_client.workflow import Downstream
 
     argv = [
         sys.executable,
@@ -293,7 +258,8 @@ def client_kill_run(
         raise RuntimeError(f"resumed certification worker failed:\n{resumed.stderr[-2000:]}")
     encoder, perturb = _clients(json.loads(endpoints_path.read_text()), settings)
     with encoder, perturb:
-        rows = certify(encoder, perturb, journal_path, MLP.load(mlp_path), settings)  # all done: no queries
+        # all rows done: no queries
+        rows = certify(encoder, perturb, journal_path, Downstream.load(mlp_path), settings)
     return {"rows": rows, "killed_with_rows": killed_at, "journal": journal_path}
 
 
@@ -338,10 +304,10 @@ def run(model: Path, work_dir: Path, settings: FaultSettings, log: Callable[[str
         "identical_results": bool(
             comparison["identical"]
             and resumed["identical"]
-            and np.array_equal(reference["features"], disturbed["features"])
+            and reference["features_sha256"] == disturbed["features_sha256"]
             and reference["mlp_sha256"] == disturbed["mlp_sha256"]
         ),
-        "features_identical": bool(np.array_equal(reference["features"], disturbed["features"])),
+        "features_identical": reference["features_sha256"] == disturbed["features_sha256"],
         "mlp_identical": reference["mlp_sha256"] == disturbed["mlp_sha256"],
         "rows": len(disturbed["rows"]),
         "extra_rows": comparison["extra_rows"],
@@ -363,12 +329,12 @@ def _worker(argv: list[str] | None = None) -> int:
     """``python -m reliability.faults``: the certification worker ``client_kill_run`` kills and resumes."""
     import argparse
 
-    from edge_client.mlp import MLP
+    from edge_client.workflow import Downstream
 
     parser = argparse.ArgumentParser(prog="python -m reliability.faults", description=_worker.__doc__)
     parser.add_argument("--endpoints", type=Path, required=True, help="endpoints.json of the topology")
     parser.add_argument("--journal", type=Path, required=True, help="journal to create or resume")
-    parser.add_argument("--mlp", type=Path, required=True, help="downstream MLP .npz")
+    parser.add_argument("--mlp", type=Path, required=True, help="downstream MLP .npz (+ its .json report)")
     parser.add_argument("--settings", required=True, help="FaultSettings as JSON")
     args = parser.parse_args(argv)
     settings = FaultSettings(**json.loads(args.settings))
@@ -378,7 +344,7 @@ def _worker(argv: list[str] | None = None) -> int:
             encoder,
             perturb,
             args.journal,
-            MLP.load(args.mlp),
+            Downstream.load(args.mlp),
             settings,
             on_row=lambda row: time.sleep(settings.worker_row_delay_s),
         )

@@ -12,21 +12,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from edge_fakes import create_fake_server, linear_state, small_problem  # noqa: E402
 
+from edge_client.certification import CertifyConfig, journal_header, run_certification  # noqa: E402
 from edge_client.journal import Journal  # noqa: E402
-from edge_client.runner import CertifyConfig, journal_header, run_certification  # noqa: E402
-from edge_client.sdk import ClientConfig, EncoderClient, ModelPin, PerturbClient  # noqa: E402
+from edge_client.sdk import ClientConfig  # noqa: E402
+from edge_client.workflow import connect  # noqa: E402
 
 
 def main(journal_path: str, config_json: str, kill_after: int) -> None:
     config = CertifyConfig(**json.loads(config_json))
     images, labels, model = small_problem()
     server, port = create_fake_server(linear_state())
-    pin = ModelPin()
-    encoder = EncoderClient(ClientConfig(f"127.0.0.1:{port}"), pin=pin)
-    perturb = PerturbClient(ClientConfig(f"127.0.0.1:{port}"), pin=pin)
+    encoder, perturb = connect(ClientConfig(f"127.0.0.1:{port}"))
     indices = list(range(len(labels)))
     encoder.model_info()
-    journal = Journal(journal_path, journal_header(config, pin.sha256, "small", "fake"))
+    journal = Journal(journal_path, journal_header(config, encoder.pin.sha256, model, "fake"))
     written = []
 
     def on_row(row):

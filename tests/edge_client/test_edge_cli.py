@@ -40,7 +40,9 @@ def test_train_certify_resume_predict(tmp_path, capsys):
         assert main(["train", *common, "--num-train", "600", "--hidden", "32", "--epochs", "2",
                      "--out", str(model)]) == 0
         assert len(state.calls("Encode")) == served  # re-training reads the cache: 0 queries
-        assert json.loads((tmp_path / "mlp.npz.json").read_text())["training_queries"] == 0
+        again = json.loads((tmp_path / "mlp.npz.json").read_text())
+        assert again["features_cached"] and again["training_queries"] == 600  # what fetching them cost
+        assert again["training_bytes"] == report["training_bytes"] > 0
         capsys.readouterr()
 
         certify = ["certify", *common, "--model", str(model), "--num-test", "4", "--n", "2000"]
@@ -120,3 +122,86 @@ def test_seaas_baselines_through_the_cli(tmp_path, capsys, baseline):
         assert summary["queries_per_test_input"] == 210
     finally:
         server.stop(None)
+
+
+def test_help_says_what_the_test_subset_is(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["certify", "--help"])
+    text = capsys.readouterr().out
+    assert "≡ 0 mod 20" in text and "REFERENCE" not in text
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A fake 28x28 encoder and a model saved as `train` saves it: (address, model path, fake state)."""
+    import numpy as np
+
+    from edge_client.mlp import feature_spread, init_mlp
+    from edge_client.workflow import Downstream
+
+    state = linear_state(feature_dim=8, input_shape=(1, 28, 28), max_batch_size=256)
+    server, port = create_fake_server(state)
+    rng = np.random.default_rng(0)
+    features = state.features(rng.random((64, 1, 28, 28), dtype=np.float32))
+    model = init_mlp(8, (8,), 3, features.mean(axis=0), feature_spread(features), rng)
+    path = tmp_path / "mlp.npz"
+    Downstream(model, 0.5, 64, 64, 1000, state.sha256).save(path)
+    yield f"127.0.0.1:{port}", path, state
+    server.stop(None)
+
+
+def _certify_images(target: str, model: Path, images: Path, *extra: str) -> int:
+    return main(["certify", "--encoder", target, "--model", str(model), "--images", str(images), "--n", "500",
+                 *extra])
+
+
+def test_certify_your_own_images(trained, tmp_path, capsys):
+    import numpy as np
+
+    target, model, state = trained
+    rng = np.random.default_rng(1)
+    array = tmp_path / "mine.npy"
+    np.save(array, (rng.random((3, 28, 28)) * 255).astype(np.uint8))  # uint8, channel left out
+    assert _certify_images(target, model, array, "--method", "bc-crown") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "image\tlabel\tradius_l2" and len(lines) == 4
+    for k, line in enumerate(lines[1:]):
+        name, label, radius = line.split("\t")
+        assert name == f"mine.npy[{k}]" and label in {"0", "1", "2"} and float(radius) >= 0
+
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg"):
+        Image.fromarray((rng.random((28, 28, 3)) * 255).astype(np.uint8)).save(folder / name)  # RGB: greyed
+    (folder / "notes.txt").write_text("not an image")
+    assert _certify_images(target, model, folder) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["a.jpg", "b.png"]
+    assert all((label == "abstain") == (radius == "-") for _, label, radius in rows)
+
+
+def test_images_of_the_wrong_shape_or_range_are_one_error_line(trained, tmp_path, capsys):
+    import numpy as np
+
+    target, model, _ = trained
+    cases = {"shape": np.zeros((2, 32, 32), np.float32), "[0, 1]": np.full((2, 1, 28, 28), 255.0, np.float32),
+             "int64": np.zeros((2, 28, 28), np.int64)}
+    for expected, array in cases.items():
+        path = tmp_path / f"{expected[:5]}.npy"
+        np.save(path, array)
+        assert _certify_images(target, model, path) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and expected in err and "Traceback" not in err, err
+    assert _certify_images(target, model, tmp_path / "missing") == 2
+    assert "no such file" in capsys.readouterr().err
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "x.png")
+    assert _certify_images(target, model, folder) == 2
+    assert "64x64 pixels, but the encoder takes 28x28" in capsys.readouterr().err

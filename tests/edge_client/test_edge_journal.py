@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from edge_fakes import create_fake_server, linear_state, small_problem
 
+from edge_client.certification import CertifyConfig, journal_header, run_certification
 from edge_client.journal import Journal, JournalError
 from edge_client.metrics import summarize
-from edge_client.runner import CertifyConfig, journal_header, run_certification
-from edge_client.sdk import ClientConfig, EncoderClient, ModelPin, PerturbClient
+from edge_client.sdk import ClientConfig
+from edge_client.workflow import connect
 
 _TIMING = ("client_seconds", "seconds", "service_seconds")
 
@@ -26,12 +27,10 @@ def _run(journal_path: Path, config: CertifyConfig):
     state = linear_state()
     server, port = create_fake_server(state)
     try:
-        pin = ModelPin()
-        encoder = EncoderClient(ClientConfig(f"127.0.0.1:{port}"), pin=pin)
-        perturb = PerturbClient(ClientConfig(f"127.0.0.1:{port}"), pin=pin)
+        encoder, perturb = connect(ClientConfig(f"127.0.0.1:{port}"))
         indices = list(range(len(labels)))
         encoder.model_info()
-        journal = Journal(journal_path, journal_header(config, pin.sha256, "small", "fake"))
+        journal = Journal(journal_path, journal_header(config, encoder.pin.sha256, model, "fake"))
         rows = run_certification(journal, indices, images, labels, model, encoder, perturb, config)
     finally:
         server.stop(None)
@@ -98,11 +97,9 @@ def test_a_longer_prefix_reuses_the_rows_of_a_shorter_run(tmp_path):
     state = linear_state()
     server, port = create_fake_server(state)
     try:
-        pin = ModelPin()
-        encoder = EncoderClient(ClientConfig(f"127.0.0.1:{port}"), pin=pin)
-        perturb = PerturbClient(ClientConfig(f"127.0.0.1:{port}"), pin=pin)
+        encoder, perturb = connect(ClientConfig(f"127.0.0.1:{port}"))
         encoder.model_info()
-        journal = Journal(tmp_path / "j.jsonl", journal_header(config, pin.sha256, "small", "fake"))
+        journal = Journal(tmp_path / "j.jsonl", journal_header(config, encoder.pin.sha256, model, "fake"))
         short = run_certification(journal, [0, 1, 2], images[:3], labels[:3], model, encoder, perturb, config)
         served = encoder.usage.queries
         longer = run_certification(journal, list(range(6)), images[:6], labels[:6], model, encoder, perturb,

@@ -113,15 +113,15 @@ def test_feature_cache_round_trip_and_keying(tmp_path):
         calls.append(1)
         return np.arange(6, dtype=np.float32).reshape(3, 2)
 
-    first, cached = cache.get_or_fetch(key, fetch)
-    again, cached_again = cache.get_or_fetch(key, fetch)
+    first, _, cached = cache.get_or_fetch(key, fetch, measure=lambda: (0, 0))
+    again, _, cached_again = cache.get_or_fetch(key, fetch, measure=lambda: (0, 0))
     assert (cached, cached_again) == (False, True) and len(calls) == 1
     np.testing.assert_array_equal(first, again)
     assert cache.get(CacheKey("fashion-mnist", "train", (0, 5, 9), "cd" * 32)) is None
     assert cache.get(CacheKey("fashion-mnist", "train", (0, 5, 8), "ab" * 32)) is None
     assert not list(tmp_path.rglob("*.tmp-*"))
     with pytest.raises(ValueError):
-        cache.put(key, np.zeros((2, 2)))
+        cache.put(key, np.zeros((2, 2)), (2, 0))
 
 
 def test_radius_from_curve():
@@ -170,8 +170,17 @@ def test_feature_cache_remembers_what_fetching_cost(tmp_path):
         return np.zeros((3, 2), np.float32)
 
     measure = lambda: (totals["queries"], totals["bytes"])  # noqa: E731
-    _, cached = cache.get_or_fetch(key, fetch, measure)
-    assert not cached and cache.fetch_cost(key) == (3, 4242)
-    _, cached = cache.get_or_fetch(key, fetch, measure)
-    assert cached and totals["queries"] == 13 and cache.fetch_cost(key) == (3, 4242)
+    _, cost, cached = cache.get_or_fetch(key, fetch, measure)
+    assert not cached and cost == cache.fetch_cost(key) == (3, 4242)
+    _, cost, cached = cache.get_or_fetch(key, fetch, measure)
+    assert cached and cost == (3, 4242) and totals["queries"] == 13
     assert cache.fetch_cost(CacheKey("d", "train", (5,), "ab" * 32)) is None
+
+    # An entry without a recorded cost (an older client's) is fetched again, never reported as free.
+    legacy = CacheKey("d", "train", (7, 8, 9), "ab" * 32)
+    path = cache.path(legacy)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, features=np.ones((3, 2), np.float32), indices=np.array([7, 8, 9]),
+             model_sha256=np.array("ab" * 32))
+    features, cost, cached = cache.get_or_fetch(legacy, fetch, measure)
+    assert not cached and cost == (3, 4242) and not features.any() and cache.fetch_cost(legacy) == (3, 4242)

@@ -12,34 +12,22 @@ import pytest
 torch = pytest.importorskip("torch")
 encoder_server = pytest.importorskip("services.encoder.server")
 perturb_server = pytest.importorskip("services.perturb.server")
-config_mod = pytest.importorskip("services.common.config")
 
-from onnx_helpers import export_encoder, linear_encoder  # noqa: E402
+from real_services import serving_linear  # noqa: E402
 
+from edge_client.certification import CertifyConfig, journal_header, run_certification  # noqa: E402
 from edge_client.journal import Journal  # noqa: E402
 from edge_client.mlp import feature_spread, init_mlp  # noqa: E402
-from edge_client.runner import CertifyConfig, journal_header, run_certification  # noqa: E402
 from edge_client.sdk import ClientConfig, EncoderClient, ModelPin, PerturbClient  # noqa: E402
 from edge_client.semantic import LEVELS, run_semantic, summarize_semantic  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    root = tmp_path_factory.mktemp("real")
     weight = np.random.default_rng(1).normal(size=(6, 784)).astype(np.float32) / 28.0
     card = {"lipschitz_bound_l2": 3.5, "feature_spread": 0.7}
-    path = export_encoder(linear_encoder(weight), root / "lin.onnx", card)
-    keys = root / "keys.txt"
-    keys.write_text("edge k3y-edge\n")
-    common = {"model_path": path, "port": 0, "bind_address": "127.0.0.1", "api_key_file": keys,
-              "worker_threads": 4}
-    enc, enc_port = encoder_server.create_server(config_mod.EncoderConfig(**common, intra_op_threads=1))
-    per, per_port = perturb_server.create_server(config_mod.PerturbConfig(**common))
-    enc.start()
-    per.start()
-    yield weight.astype(np.float64), f"127.0.0.1:{enc_port}", f"127.0.0.1:{per_port}"
-    enc.stop(0)
-    per.stop(0)
+    with serving_linear(tmp_path_factory.mktemp("real"), weight, "k3y-edge", card) as (encoder, perturb):
+        yield weight.astype(np.float64), encoder, perturb
 
 
 def _clients(enc_target, per_target):
@@ -81,7 +69,7 @@ def test_reaas_paths_against_real_services(services, tmp_path, method):
     encoder, perturb = _clients(enc_target, per_target)
     images, model, labels = _random_problem(encoder, 4, seed=2)
     config = CertifyConfig(method=method, n=2_000, noise_c=0.5)
-    journal = Journal(tmp_path / "j.jsonl", journal_header(config, encoder.pin.sha256, "m"))
+    journal = Journal(tmp_path / "j.jsonl", journal_header(config, encoder.pin.sha256, model))
     rows = run_certification(journal, list(range(4)), images, labels, model, encoder, perturb, config)
     sigma_max = np.linalg.norm(weight, 2)
     for row in rows:
@@ -98,7 +86,7 @@ def test_semantic_certificates_against_the_closed_form(services, tmp_path, kind)
     encoder, perturb = _clients(enc_target, per_target)
     images, model, labels = _random_problem(encoder, 3, seed=3)
     config = CertifyConfig(method="bc-crown")
-    header = journal_header(config, encoder.pin.sha256, "m")
+    header = journal_header(config, encoder.pin.sha256, model)
     rows = run_certification(Journal(tmp_path / "j.jsonl", header), [0, 1, 2], images, labels, model,
                              encoder, perturb, config)
     by_index = {i: images[i] for i in range(3)}

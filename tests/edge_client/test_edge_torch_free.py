@@ -9,7 +9,8 @@ from pathlib import Path
 
 RUNTIME_MODULES = ["edge_client"] + [f"edge_client.{name}" for name in (
     "sdk", "feature_cache", "mlp", "training", "bound_propagation", "base_certify", "smoothing", "radius",
-    "journal", "metrics", "runner", "seaas_baselines", "semantic", "cli", "bench", "__main__")]
+    "journal", "metrics", "certification", "seaas_baselines", "semantic", "images", "workflow", "cli",
+    "bench", "__main__")]
 
 _SCRIPT = """
 import importlib, sys

@@ -19,6 +19,7 @@ pytest.importorskip("services.perturb.server")
 
 from onnx_helpers import export_encoder  # noqa: E402
 
+from edge_client.metrics import average_certified_radius  # noqa: E402
 from jobs import bench, report  # noqa: E402
 
 TINY = replace(bench.FULL, num_train=200, num_test=3, noise_c=(1.0,), epochs=2, n0=20, n=400,
@@ -166,10 +167,10 @@ def test_semantic_rows_cost_one_query_per_certified_input(built):
 def test_reference_row_is_journaled(built):
     config, *_ = built
     logged = []
-    row, (radii, correct) = bench.reference_row(config, log=logged.append)
+    row, (correct, radii) = bench.reference_row(config, log=logged.append)
     assert row["queries_per_test_input"] == 0 and row["bytes_per_test_input"] == 0
     assert row["n_test"] == config.reference_num_test and len(radii) == len(correct) == row["n_test"]
-    assert math.isclose(row["acr"], report.average_certified_radius(radii, correct))
+    assert math.isclose(row["acr"], average_certified_radius(correct, radii))
     assert any("CNN trained" in line for line in logged)
     logged.clear()
     again, _ = bench.reference_row(config, log=logged.append)  # resumed: nothing trained or certified
