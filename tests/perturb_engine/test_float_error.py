@@ -123,3 +123,14 @@ def test_reduced_precision_widens_the_margin(tmp_path):
     assert np.all(reduced.served_error(x, np.full(2, 0.1)) > 100 * eng.served_error(x, np.full(2, 0.1)))
     with pytest.raises(ValueError, match="served_format"):
         BoundEngine.from_onnx(path, eng.config.__class__(served_format="bfloat3"))
+
+
+@pytest.mark.parametrize("kind", ["plain", "bn", "residual", "pool"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_margin_never_shrinks_as_the_ball_grows(kind, clip, tmp_path):
+    """LIPSCHITZ's closed form takes the margin at the largest radius it could certify and reuses it."""
+    eng, _ = engine_for(kind, 5, tmp_path)
+    x = images(3, 7)
+    radii = np.array([0.0, 1e-3, 0.01, 0.1, 0.5, 1.0, 4.0])
+    margins = np.stack([eng.served_error(x, np.full(len(x), r), clip=clip) for r in radii], axis=1)
+    assert np.all(np.diff(margins, axis=1) >= 0)

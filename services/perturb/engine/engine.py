@@ -286,14 +286,20 @@ class BoundEngine:
 
     def _lipschitz_radius(self, q: _Query) -> np.ndarray:
         """[B] closed form of L·r·(1 + rel) + margin(r) < R_F, the margin taken at the largest radius the
-        bound allows (it grows with r, so this is conservative), then verified; 0 where it fails."""
+        bound allows, then checked; 0 where the check fails.
+
+        One bound evaluation: the float margin is non-decreasing in r (its interval bounds only widen
+        with the ball), so margin(r_max) also covers every r ≤ r_max, and the check at r_lip reuses it.
+        """
         b = len(q.rf)
         l_eff = self._l_eff(q.norm) * (1 + self.config.shift_margin_relative)
         evaluate = self._evaluator(q.prep, "lipschitz", q.norm, q.clip, q.deadline)
         r_max = np.maximum(q.rf, 0.0) / l_eff
-        margin = evaluate(np.arange(b), r_max) - r_max * l_eff
+        bound_at_max = evaluate(np.arange(b), r_max)  # L·r_max·(1 + rel) + margin(r_max)
+        margin = bound_at_max - r_max * l_eff
         r_lip = np.maximum(q.rf - margin, 0.0) / l_eff * (1 - 1e-9)
-        r_lip[(evaluate(np.arange(b), r_lip) >= q.rf) | (q.rf <= 0) | ~np.isfinite(r_lip)] = 0.0
+        checked = r_lip * l_eff + margin  # ≥ U(r_lip): the same L term, a margin at least margin(r_lip)
+        r_lip[(checked >= q.rf) | (q.rf <= 0) | ~np.isfinite(r_lip) | ~np.isfinite(margin)] = 0.0
         return r_lip
 
     def _explicit_radius(self, q: _Query, method: str) -> RadiusResult:
