@@ -22,3 +22,20 @@ def images(batch: int, seed: int = 0) -> np.ndarray:
 def replace(config, **changes):
     """A copy of a frozen config with ``changes``."""
     return dataclasses.replace(config, **changes)
+
+
+class EngineFacts:
+    """What a stand-in bound engine must answer for the data plane's model facts (a 1x28x28 -> 3 model)."""
+
+    input_shape = (1, 28, 28)
+    feature_dim = 3
+    lipschitz_bound_l2 = 2.0
+
+    @property
+    def config(self):
+        from services.perturb.engine import EngineConfig
+
+        return EngineConfig()
+
+    def pixel_box_float_margin(self) -> float:
+        return 1e-3

@@ -16,11 +16,11 @@ import time
 import grpc
 import numpy as np
 import pytest
-from service_helpers import auth, images, replace
+from service_helpers import EngineFacts, auth, images, replace
 
 from reaas.tensors import to_proto
 from reaas.v1 import common_pb2, perturb_pb2, perturb_pb2_grpc
-from services.perturb.engine import BoundEngine, CurveResult, DeadlineExceeded, EngineConfig, RadiusResult
+from services.perturb.engine import BoundEngine, CurveResult, DeadlineExceeded, RadiusResult
 from services.perturb.semantic import SemanticCertifier, SemanticResult
 from services.perturb.semantic import certify as certify_mod
 from services.perturb.server import create_server
@@ -57,16 +57,8 @@ def _has_time(deadline: float | None) -> bool:
     return deadline is None or deadline - time.monotonic() > LONG_S
 
 
-class ScriptedEngine:
+class ScriptedEngine(EngineFacts):
     """The bound engine's API; AUTO-like: its search completes only with more than LONG_S seconds left."""
-
-    input_shape = (1, 28, 28)
-    feature_dim = 3
-    lipschitz_bound_l2 = 2.0
-    config = EngineConfig()
-
-    def pixel_box_float_margin(self) -> float:
-        return 1e-3
 
     def __init__(self, hold: bool = False):
         self.calls: list[tuple[str, int]] = []

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_helpers import auth, images, replace
+from service_helpers import EngineFacts, auth, images, replace
 
 from reaas.tensors import from_proto, to_proto
 from reaas.v1 import common_pb2, perturb_pb2, perturb_pb2_grpc
 from services.perturb.engine import (
     CurveResult,
     DeadlineExceeded,
-    EngineConfig,
     RadiusResult,
     UnsupportedModelError,
 )
@@ -215,17 +214,9 @@ def test_auth_quota_and_health(start_server, perturb_config):
 # ---- deadlines, cache, method mapping with a stand-in engine -----------------------------------------------
 
 
-class StandInEngine:
+class StandInEngine(EngineFacts):
     """The bound engine's API (no ``features``: the data plane runs the served model itself) with scripted
     behaviour: radius = R_F / 2, records calls and deadlines."""
-
-    input_shape = (1, 28, 28)
-    feature_dim = 3
-    lipschitz_bound_l2 = 2.0
-    config = EngineConfig()
-
-    def pixel_box_float_margin(self) -> float:
-        return 1e-3
 
     def __init__(self, behaviour: str = "ok"):
         self.behaviour = behaviour
