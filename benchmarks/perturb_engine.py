@@ -56,10 +56,10 @@ def _untrained_model(directory: Path, seed: int) -> Path:
 
 
 def _test_images(n: int) -> np.ndarray:
-    from reaas.datasets import load_fashion_mnist
+    from reaas.datasets import evaluation_subset_indices, load_fashion_mnist
 
     images, _ = load_fashion_mnist(split="test")
-    return np.ascontiguousarray(images[::20][:n])
+    return np.ascontiguousarray(images[evaluation_subset_indices(n, total=len(images))])
 
 
 def attack_limited_radius(

@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from services.trainer.data import load_fashion_mnist
+    from reaas.datasets import evaluation_subset_indices, load_fashion_mnist
 
     test_images, _ = load_fashion_mnist("test")
-    x = test_images[::20][: args.images].numpy()
+    x = test_images[evaluation_subset_indices(args.images, total=len(test_images))]
     factor, tol = args.feature_radius_factor, args.relative_tolerance
     results = [bench_model(m, x, args.kinds, factor, args.combined_images, tol) for m in args.models]
     command = "python -m benchmarks.semantic " + " ".join(argv or sys.argv[1:])

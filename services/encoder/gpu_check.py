@@ -40,17 +40,16 @@ def check(model: str, images: np.ndarray, batch: int = 500) -> list[dict]:
     rows: list[dict] = []
     if not available:
         return rows
+    engines = {p: BoundEngine.from_onnx(model, EngineConfig(served_format=p)) for p in PRECISIONS}
+    graph = engines["float32"].graph  # the exact network: the same for every served precision
     with torch.no_grad():
         exact = np.concatenate(
             [
-                BoundEngine.from_onnx(model)
-                .graph.forward(torch.as_tensor(images[i : i + batch], dtype=torch.float64))
-                .numpy()
+                graph.forward(torch.as_tensor(images[i : i + batch], dtype=torch.float64)).numpy()
                 for i in range(0, len(images), batch)
             ]
         )
-    for precision in PRECISIONS:
-        engine = BoundEngine.from_onnx(model, EngineConfig(served_format=precision))
+    for precision, engine in engines.items():
         margin = np.concatenate(
             [engine.served_point_error(images[i : i + batch]) for i in range(0, len(images), batch)]
         )

@@ -51,18 +51,21 @@ def feature_radii(values: Sequence[float], batch: int, field: str = "feature_rad
     return radii
 
 
+def _named(table: dict[int, str], value: int, field: str, enum: str) -> str:
+    """The domain name of an enum value, or InvalidArgument naming the field and the valid values."""
+    if value not in table:
+        raise InvalidArgument(field, f"unknown {enum} {value}; expected one of {sorted(table)}")
+    return table[value]
+
+
 def norm(value: int, field: str = "norm") -> str:
     """The engine's name ("l2", "linf") of a Norm value."""
-    if value not in NORM_NAMES:
-        raise InvalidArgument(field, f"unknown Norm {value}; expected one of {sorted(NORM_NAMES)}")
-    return NORM_NAMES[value]
+    return _named(NORM_NAMES, value, field, "Norm")
 
 
 def method(value: int, field: str = "method") -> str:
     """The engine's name ("auto", "lipschitz", ...) of a Method value."""
-    if value not in METHOD_NAMES:
-        raise InvalidArgument(field, f"unknown Method {value}; expected one of {sorted(METHOD_NAMES)}")
-    return METHOD_NAMES[value]
+    return _named(METHOD_NAMES, value, field, "Method")
 
 
 def semantic_method(value: int, field: str = "method") -> str:
@@ -75,9 +78,7 @@ def semantic_method(value: int, field: str = "method") -> str:
 
 def semantic_perturbation(value: int, field: str = "perturbation") -> str:
     """The certifier's kind ("brightness", "contrast", "brightness_contrast") of a SemanticPerturbation."""
-    if value not in SEMANTIC_KINDS:
-        raise InvalidArgument(field, f"unknown SemanticPerturbation {value}")
-    return SEMANTIC_KINDS[value]
+    return _named(SEMANTIC_KINDS, value, field, "SemanticPerturbation")
 
 
 def contrast_per_brightness(value: float, field: str = "contrast_per_brightness") -> float:

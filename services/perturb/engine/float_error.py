@@ -36,6 +36,7 @@ TensorRT only in the reduced-precision mode, whose format here is the coarser on
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -104,10 +105,8 @@ class FloatErrorModel:
         self._nodes: list[_NodeModel] = []
         for n in unfolded.nodes:
             if n.kind == "affine":
-                k = dot_length(n.lmap)
-                has_bias = bool(torch.count_nonzero(n.bias))
-                rounds = k > 0 and not (isinstance(n.lmap, ReshapeMap) and not has_bias)
-                rounds = rounds or has_bias
+                k = dot_length(n.lmap)  # 0 only for a pure reshape: exact unless it adds a bias
+                rounds = k > 0 or bool(torch.count_nonzero(n.bias))
                 terms = max(k, 1) + 1 + FUSION_SLACK if rounds else 0
                 self._nodes.append(_NodeModel(terms, certified_norm(n.lmap.to(torch.float64)), rounds))
             else:
@@ -117,9 +116,7 @@ class FloatErrorModel:
         folded_names: dict[str, list[int]] = {}
         for j, fn in enumerate(folded.nodes):
             folded_names.setdefault(fn.name.split("+")[-1], []).append(j)
-        unfolded_names: dict[str, int] = {}
-        for un in unfolded.nodes:
-            unfolded_names[un.name] = unfolded_names.get(un.name, 0) + 1
+        unfolded_names = Counter(un.name for un in unfolded.nodes)
         for i, un in enumerate(unfolded.nodes):
             js = folded_names.get(un.name, [])
             if unfolded_names[un.name] == 1 and len(js) == 1:
