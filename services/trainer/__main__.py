@@ -1,6 +1,7 @@
 """Pre-train an encoder (MoCo v2 + spectral penalty, RoCL, or RRM), then export ONNX + model card.
 
-Single process:  python -m services.trainer --mode moco --lam 0.3 --export models/fmnist-robust.onnx
+Single process:  python -m services.trainer --mode moco --lam 0.3 --export runs/moco-robust.onnx
+The shipped robust encoder (distilled from the standard one): see the Makefile's models/fmnist-robust.onnx
 Data parallel:   torchrun --nproc_per_node=2 -m services.trainer --mode moco ...
 """
 
