@@ -9,6 +9,15 @@
   without, and ``batching_speedup`` = with / without (goal >= 2).
 
 Without ``--model`` it serves an untrained encoder of the trainer's default shape.
+
+``--peer triton`` instead serves the same model with PyTriton (a real Triton Inference Server: C++ gRPC front
+end and dynamic batcher, ONNX Runtime with the same thread count in its Python callable; run under
+``--peer-python``, which ``make bench-triton`` builds) and drives both with one load generator
+(benchmarks/load.py) at 1, 8, 64 and 256 concurrent single-image clients: our ``Encode``, our KServe v2
+``ModelInfer`` and Triton's ``ModelInfer`` (byte-identical requests). It reports requests/s, p50/p99 and
+``ours_over_triton`` (the lower of Encode and KServe over Triton, per concurrency), checks the load generator
+by splitting the 64 clients over two processes, and with ``--scaling-workers 1,2`` the ``--workers`` curve.
+Without a working PyTriton it says so and exits 2.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.serving import LOOPBACK, serve
+from benchmarks.load import closed_loop
+from benchmarks.serving import LOOPBACK, TRITON_VENV_PYTHON, PeerUnavailable, serve, serve_triton_peer
+from reaas.kserve.v2 import inference_pb2, inference_pb2_grpc
 from reaas.tensors import to_proto
 from reaas.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.resources import compute_threads
@@ -51,6 +62,13 @@ class BenchConfig:
     # not the per-call gRPC cost, dominates)
     untrained_channels: tuple[int, ...] = (16, 32, 64)
     untrained_hidden: int = 256
+    # --peer triton
+    peer: str = ""  # "" (the scenarios above) or "triton"
+    peer_python: str = str(TRITON_VENV_PYTHON)  # an interpreter with nvidia-pytriton and onnxruntime
+    peer_concurrency: tuple[int, ...] = (1, 8, 64, 256)  # single-image clients
+    client_processes: int = 1  # load-generator processes (the check at 64 clients uses 2)
+    workers: int = 1  # our server's --workers
+    scaling_workers: tuple[int, ...] = ()  # --workers values for the scaling curve (64 clients, Encode)
 
 
 def _untrained_model(directory: Path, channels: tuple[int, ...], hidden: int) -> Path:
@@ -211,6 +229,118 @@ def run(config: BenchConfig) -> dict:
     }
 
 
+ENCODE = "/reaas.v1.Encoder/Encode"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+SCALING_CLIENTS = 64
+
+
+def _server_flags(config: BenchConfig, threads: int, workers: int) -> list[str]:
+    return ["--intra-op-threads", str(threads), "--max-queue-delay-ms", str(config.max_queue_delay_ms),
+            "--preferred-batch-images", str(config.batch_images), "--workers", str(workers),
+            *(["--execution-providers", config.execution_providers] if config.execution_providers else [])]
+
+
+def _requests(port: int, image: np.ndarray) -> tuple[bytes, bytes]:
+    """Serialized single-image Encode and ModelInfer requests for the model served on ``port``."""
+    with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+        kserve = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        name = encoder_pb2_grpc.EncoderStub(channel).GetModelInfo(common_pb2.GetModelInfoRequest()).model_name
+        metadata = kserve.ModelMetadata(inference_pb2.ModelMetadataRequest(name=name))
+    encode = encoder_pb2.EncodeRequest(images=to_proto(image))
+    infer = inference_pb2.ModelInferRequest(
+        model_name=metadata.name,
+        inputs=[inference_pb2.ModelInferRequest.InferInputTensor(
+            name=metadata.inputs[0].name, datatype="FP32", shape=list(image.shape))],
+        raw_input_contents=[np.ascontiguousarray(image, dtype="<f4").tobytes()],
+    )
+    return encode.SerializeToString(), infer.SerializeToString()
+
+
+def compare_with_triton(model: Path, config: BenchConfig) -> dict:
+    """Ours (Encode, KServe) against Triton on the same model and load; see the module docstring."""
+    threads = compute_threads(config.intra_op_threads)
+    peer_flags = ["--intra-op-threads", str(threads), "--max-queue-delay-ms", str(config.max_queue_delay_ms),
+                  "--preferred-batch-images", str(config.batch_images)]
+    rng = np.random.default_rng(config.seed)
+    seconds, processes = config.seconds, config.client_processes
+    with serve("encoder", model, _server_flags(config, threads, config.workers)) as ours_port:
+        with grpc.insecure_channel(f"{LOOPBACK}:{ours_port}") as channel:
+            info = encoder_pb2_grpc.EncoderStub(channel).GetModelInfo(common_pb2.GetModelInfoRequest())
+        image = rng.random((1, *info.input_shape), dtype=np.float32)
+        encode, infer = _requests(ours_port, image)
+        peer_flags += ["--model-name", info.model_name]
+        with serve_triton_peer(model, Path(config.peer_python), peer_flags) as peer:
+            ours, triton = f"{LOOPBACK}:{ours_port}", f"{LOOPBACK}:{peer}"
+            rows = {}
+            for clients in config.peer_concurrency:
+                rows[str(clients)] = {
+                    "ours_encode": closed_loop(ours, ENCODE, encode, clients, seconds, processes),
+                    "ours_kserve": closed_loop(ours, MODEL_INFER, infer, clients, seconds, processes),
+                    "triton": closed_loop(triton, MODEL_INFER, infer, clients, seconds, processes),
+                }
+            check_clients = 64 if 64 in config.peer_concurrency else config.peer_concurrency[-1]
+            split = {
+                "clients": check_clients,
+                "processes": 2,
+                "ours_kserve": closed_loop(ours, MODEL_INFER, infer, check_clients, seconds, 2),
+                "triton": closed_loop(triton, MODEL_INFER, infer, check_clients, seconds, 2),
+            }
+    one = rows[str(check_clients)]
+    split["ours_kserve_two_over_one"] = (split["ours_kserve"]["requests_per_s"]
+                                         / one["ours_kserve"]["requests_per_s"])
+    split["triton_two_over_one"] = split["triton"]["requests_per_s"] / one["triton"]["requests_per_s"]
+    scaling = {}
+    for workers in config.scaling_workers:
+        with serve("encoder", model, _server_flags(config, 0, workers)) as port:
+            target = f"{LOOPBACK}:{port}"
+            scaling[str(workers)] = closed_loop(target, ENCODE, encode, SCALING_CLIENTS, seconds, 2)
+    base = scaling.get(str(config.scaling_workers[0])) if config.scaling_workers else None
+
+    def ratio(row: dict, ours_key: str) -> float:
+        return row[ours_key]["requests_per_s"] / row["triton"]["requests_per_s"]
+
+    return {
+        "config": asdict(config),
+        "model": str(model),
+        "peer": "triton (nvidia-pytriton, ONNX Runtime in the callable, dynamic batching on)",
+        "intra_op_threads": threads,
+        "workers": config.workers,
+        "concurrency": rows,
+        "encode_over_triton": {c: ratio(r, "ours_encode") for c, r in rows.items()},
+        "kserve_over_triton": {c: ratio(r, "ours_kserve") for c, r in rows.items()},
+        "ours_over_triton": {c: min(ratio(r, "ours_encode"), ratio(r, "ours_kserve"))
+                             for c, r in rows.items()},
+        "p99_ours_over_triton": {c: max(r["ours_encode"]["p99_ms"], r["ours_kserve"]["p99_ms"])
+                                 / r["triton"]["p99_ms"] for c, r in rows.items()},
+        "load_generator_check": split,
+        "scaling": {
+            "clients": SCALING_CLIENTS,
+            "requests_per_s": {w: r["requests_per_s"] for w, r in scaling.items()},
+            "over_first": {w: r["requests_per_s"] / base["requests_per_s"] for w, r in scaling.items()},
+        } if scaling else {},
+    }
+
+
+def _print_peer(report: dict) -> None:
+    print(f"{report['model']}: ours ({report['workers']} worker(s)) vs {report['peer']}, "
+          f"{report['intra_op_threads']} intra-op threads each")
+    print(f"{'clients':>7} | {'Encode req/s':>12} {'p50':>6} {'p99':>6} | {'KServe req/s':>12} {'p50':>6} "
+          f"{'p99':>6} | {'Triton req/s':>12} {'p50':>6} {'p99':>6} | ours/Triton")
+    for clients, row in report["concurrency"].items():
+        cells = " | ".join(f"{row[k]['requests_per_s']:12.0f} {row[k]['p50_ms']:6.2f} {row[k]['p99_ms']:6.2f}"
+                           for k in ("ours_encode", "ours_kserve", "triton"))
+        print(f"{clients:>7} | {cells} | {report['ours_over_triton'][clients]:.2f} "
+              f"(Encode {report['encode_over_triton'][clients]:.2f}, "
+              f"KServe {report['kserve_over_triton'][clients]:.2f})")
+    check = report["load_generator_check"]
+    print(f"load generator, {check['clients']} clients over 2 processes vs 1: ours KServe "
+          f"{check['ours_kserve_two_over_one']:.2f}x, Triton {check['triton_two_over_one']:.2f}x")
+    if report["scaling"]:
+        curve = ", ".join(f"{w} worker(s) {rps:.0f} req/s ({report['scaling']['over_first'][w]:.2f}x)"
+                          for w, rps in report["scaling"]["requests_per_s"].items())
+        print(f"--workers scaling, {report['scaling']['clients']} clients: {curve}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run every scenario, print the report (JSON with --json)."""
     defaults = BenchConfig()
@@ -242,11 +372,38 @@ def main(argv: list[str] | None = None) -> int:
                         help="conv widths of the untrained encoder served without --model")
     parser.add_argument("--untrained-hidden", type=int, default=defaults.untrained_hidden,
                         help="hidden width of the untrained encoder served without --model")
+    parser.add_argument("--peer", choices=["triton"], default=None,
+                        help="compare single-image serving with Triton (PyTriton) instead")
+    parser.add_argument("--peer-python", default=defaults.peer_python,
+                        help="interpreter with nvidia-pytriton for --peer (`make bench-triton` builds it)")
+    parser.add_argument("--peer-concurrency", default=",".join(map(str, defaults.peer_concurrency)),
+                        help="single-image client counts for --peer")
+    parser.add_argument("--client-processes", type=int, default=defaults.client_processes,
+                        help="load-generator processes for --peer")
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help="our server's --workers for --peer")
+    parser.add_argument("--scaling-workers", default="",
+                        help="comma-separated --workers values for the scaling curve (--peer), e.g. 1,2")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = vars(parser.parse_args(argv))
     args["untrained_channels"] = tuple(int(c) for c in args["untrained_channels"].split(",") if c)
+    args["peer_concurrency"] = tuple(int(c) for c in args["peer_concurrency"].split(",") if c)
+    args["scaling_workers"] = tuple(int(c) for c in args["scaling_workers"].split(",") if c)
+    args["peer"] = args["peer"] or ""
     as_json = args.pop("json")
-    report = run(BenchConfig(**args))
+    config = BenchConfig(**args)
+    if config.peer:
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                model = Path(config.model) if config.model else _untrained_model(
+                    Path(scratch), config.untrained_channels, config.untrained_hidden)
+                report = compare_with_triton(model, config)
+        except PeerUnavailable as exc:
+            print(f"--peer triton: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2)) if as_json else _print_peer(report)
+        return 0
+    report = run(config)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

@@ -7,13 +7,71 @@ keeps the benchmark's own Python threads (clients, timers) off the server's inte
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 SERVICES = ("encoder", "perturb")
+REPO = Path(__file__).resolve().parents[1]
+TRITON_VENV_PYTHON = REPO / ".venv-triton" / "bin" / "python"  # what `make bench-triton` builds
+
+
+class PeerUnavailable(RuntimeError):
+    """The Triton peer cannot run here (no interpreter with nvidia-pytriton); the message says how to fix."""
+
+
+def check_peer_python(python: Path) -> dict[str, str]:
+    """The environment that runs PyTriton under ``python``; raises PeerUnavailable when it cannot import it.
+
+    Triton's Python backend stub links the interpreter's libpython, so its directory goes on the loader path.
+    """
+    python = Path(python)
+    hint = "run `make bench-triton` (builds .venv-triton with a Python 3.12) or pass --peer-python"
+    if not python.exists():
+        raise PeerUnavailable(f"no peer interpreter at {python}: {hint}")
+    probe = subprocess.run(
+        [str(python), "-c",
+         "import sysconfig, pytriton, onnxruntime; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True, text=True,
+    )
+    if probe.returncode != 0:
+        raise PeerUnavailable(f"{python} cannot import pytriton/onnxruntime ({probe.stderr.strip()[-300:]}): "
+                              f"{hint}")
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [probe.stdout.strip(), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+@contextlib.contextmanager
+def serve_triton_peer(model: Path, python: Path, flags: Sequence[str] = (), timeout_s: float = 180.0
+                      ) -> Iterator[int]:
+    """Serve ``model`` with PyTriton (benchmarks/triton_peer.py) under ``python``; yields its gRPC port."""
+    env = check_peer_python(python)
+    script = REPO / "benchmarks" / "triton_peer.py"
+    command = [str(python), str(script), "--model", str(Path(model).resolve()), *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                               cwd=REPO)
+    try:
+        for line in process.stdout:  # Triton logs to stdout as well; the peer's own line is "grpc-port N"
+            if line.startswith("grpc-port "):
+                # keep draining its log so a full pipe never blocks the server
+                threading.Thread(target=process.stdout.read, daemon=True).start()
+                yield int(line.split()[1])
+                break
+        else:
+            status = process.wait(timeout_s)
+            raise PeerUnavailable(f"the Triton peer exited without serving (status {status})")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextlib.contextmanager
@@ -25,8 +83,7 @@ def serve(service: str, model: Path, flags: Sequence[str] = ()) -> Iterator[int]
         sys.executable, "-m", "benchmarks.serving", service, "--model", str(Path(model).resolve()),
         "--port", "0", "--bind-address", LOOPBACK, "--insecure-no-auth", "--log-level", "WARNING", *flags,
     ]
-    repo = Path(__file__).resolve().parents[1]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=repo)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         line = process.stdout.readline()
         if not line.strip().isdigit():
@@ -55,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level)
     if service == "encoder":
         from services.encoder.server import create_server
+        from services.encoder.workers import serve_workers, worker_count
+
+        if worker_count(config.workers) > 1:
+            return serve_workers(config, on_port=lambda port: print(port, flush=True))
     else:
         import torch
 

@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--api-key-file", type=Path, default=None,
                       help="API keys for the servers; default: a fresh random key in <run-dir>/api-keys.txt")
     auth.add_argument("--insecure-no-auth", action="store_true", help="serve without API keys")
-    start.add_argument("--encoder-replicas", type=int, default=2, help="encoder processes behind round_robin")
+    start.add_argument("--encoder-replicas", type=int, default=2, help="encoder servers behind round_robin")
+    start.add_argument("--encoder-workers", type=int, default=2,
+                       help="processes per encoder server on its port (--workers; SO_REUSEPORT)")
     start.add_argument("--base-port", type=int, default=0,
                        help="encoders on base, base+1, ..., perturb next, metrics at +100; 0 = free ports")
     start.add_argument("--intra-op-threads", type=int, default=1, help="compute threads per server")
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoints = up(args.run_dir, args.model, api_key_file=args.api_key_file,
                            insecure_no_auth=args.insecure_no_auth, encoder_replicas=args.encoder_replicas,
                            base_port=args.base_port, intra_op_threads=args.intra_op_threads,
+                           encoder_workers=args.encoder_workers,
                            grace_s=args.grace_s, timeout_s=args.timeout_s)
             for service, info in endpoints["services"].items():
                 print(f"{service}: {info['target']} ({info['lb_policy']})")

@@ -58,21 +58,22 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on loopback right now, outside the kernel's ephemeral range.
+def _free_ports(count: int, span: int = 1) -> list[int]:
+    """``count`` distinct ports free on loopback right now, outside the kernel's ephemeral range; with
+    ``span`` > 1, each port p comes with p + 1 ... p + span - 1 free too (an encoder's workers' /metrics).
 
     A replica restarts on its old port (what the fault tests rely on); a port from the ephemeral range
     could meanwhile be taken as the local end of any outgoing connection, and the restart would fail.
     """
     low, high = _ephemeral_range()
-    candidates = [p for p in range(10_000, 65_536) if not low <= p <= high]
+    candidates = [p for p in range(10_000, 65_536 - span, span) if not (low <= p + span - 1 and p <= high)]
     random.SystemRandom().shuffle(candidates)
     found: list[int] = []
     with contextlib.ExitStack() as stack:
         for port in candidates:
-            sock = stack.enter_context(socket.socket())
             try:
-                sock.bind((LOOPBACK, port))
+                for offset in range(span):
+                    stack.enter_context(socket.socket()).bind((LOOPBACK, port + offset))
             except OSError:
                 continue
             found.append(port)
@@ -143,21 +144,23 @@ def _tail(path: str, lines: int = 30) -> str:
 
 
 def _plan(run_dir: Path, model: Path, auth_args: list[str], encoder_replicas: int, base_port: int,
-          intra_op_threads: int, grace_s: float) -> list[Replica]:
+          intra_op_threads: int, grace_s: float, encoder_workers: int = 2) -> list[Replica]:
     """The replicas to start, with their ports and full command lines."""
     names = [(f"encoder-{i}", "encoder") for i in range(encoder_replicas)] + [("perturb-0", "perturb")]
+    span = max(1, encoder_workers)  # each encoder's workers serve /metrics on metrics_port + 0 ... span - 1
     if base_port:
         ports = [base_port + i for i in range(len(names))]
-        metrics = [base_port + 100 + i for i in range(len(names))]
+        metrics = [base_port + 100 + span * i for i in range(len(names))]
     else:
-        free = _free_ports(2 * len(names))
-        ports, metrics = free[:len(names)], free[len(names):]
+        ports, metrics = _free_ports(len(names)), _free_ports(len(names), span)
     replicas = []
     for (name, service), port, metrics_port in zip(names, ports, metrics, strict=True):
         argv = [sys.executable, "-m", f"services.{service}", "--model", str(model), "--port", str(port),
                 "--bind-address", LOOPBACK, *auth_args, "--intra-op-threads", str(intra_op_threads),
                 "--worker-threads", "8", "--metrics-port", str(metrics_port), "--grace-s", str(grace_s),
                 "--drain-delay-s", "0"]
+        if service == "encoder":  # worker i of a replica serves /metrics on metrics_port + i
+            argv += ["--workers", str(encoder_workers)]
         replicas.append(Replica(name, service, port, metrics_port, argv, str(run_dir / f"{name}.log")))
     return replicas
 
@@ -185,8 +188,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def up(run_dir: Path = DEFAULT_RUN_DIR, model: Path = Path("models/fmnist-robust.onnx"), *,
        api_key_file: Path | None = None, insecure_no_auth: bool = False, encoder_replicas: int = 2,
-       base_port: int = 0, intra_op_threads: int = 1, grace_s: float = 5.0, timeout_s: float = 120.0
-       ) -> dict[str, Any]:
+       base_port: int = 0, intra_op_threads: int = 1, grace_s: float = 5.0, timeout_s: float = 120.0,
+       encoder_workers: int = 2) -> dict[str, Any]:
     """Start the topology, wait until every replica is SERVING, write and return ``endpoints.json``."""
     run_dir, model = Path(run_dir).resolve(), Path(model).resolve()
     if not model.is_file():
@@ -209,7 +212,8 @@ def up(run_dir: Path = DEFAULT_RUN_DIR, model: Path = Path("models/fmnist-robust
                 handle.write(f"# name key [images_per_minute]\nlocal {api_key}\n")
         api_key_file = Path(api_key_file).resolve()
         auth_args = ["--api-key-file", str(api_key_file)]
-    replicas = _plan(run_dir, model, auth_args, encoder_replicas, base_port, intra_op_threads, grace_s)
+    replicas = _plan(run_dir, model, auth_args, encoder_replicas, base_port, intra_op_threads, grace_s,
+                     encoder_workers)
     env = _child_env(run_dir)
     try:
         for replica in replicas:

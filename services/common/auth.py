@@ -1,7 +1,8 @@
 """API-key authentication: ``authorization: Bearer <key>`` metadata checked by a server interceptor.
 
 The interceptor resolves the key to a :class:`Principal` and exposes it to the handler through a context
-variable (the sync server runs interceptor wrapper and handler in the same worker thread).
+variable (the sync server runs interceptor wrapper and handler in the same worker thread; the grpc.aio server
+runs both in the call's task).
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ def _abort_handler(message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
+def _abort_handler_async(message: str) -> grpc.RpcMethodHandler:
+    async def abort(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
 class ApiKeyInterceptor(grpc.ServerInterceptor):
     """Reject calls without a known bearer key (UNAUTHENTICATED); bind the caller's Principal otherwise."""
 
@@ -91,25 +99,50 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
                 found = principal
         return found
 
-    def intercept_service(self, continuation, handler_call_details):
+    def _admit(self, handler_call_details) -> Principal | str | None:
+        """None for a public method or auth off, the caller's Principal, or why the call is refused."""
         method = handler_call_details.method
         if self._keys is None or method.startswith(PUBLIC_METHOD_PREFIXES):
-            return continuation(handler_call_details)
+            return None
         token = _bearer_token(handler_call_details.invocation_metadata)
         principal = self._resolve(token)
         if principal is None:
-            reason = "missing 'authorization: Bearer <key>' metadata" if token is None else "unknown API key"
-            return _abort_handler(reason)
+            return "missing 'authorization: Bearer <key>' metadata" if token is None else "unknown API key"
+        return principal
+
+    def intercept_service(self, continuation, handler_call_details):
+        admitted = self._admit(handler_call_details)
+        if isinstance(admitted, str):
+            return _abort_handler(admitted)
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if admitted is None or handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
 
         def with_principal(request, context):
-            token_ = _current.set(principal)
+            token_ = _current.set(admitted)
             try:
                 return inner(request, context)
             finally:
                 _current.reset(token_)
+
+        return handler._replace(unary_unary=with_principal)
+
+
+class AsyncApiKeyInterceptor(ApiKeyInterceptor, grpc.aio.ServerInterceptor):
+    """:class:`ApiKeyInterceptor` for the grpc.aio server (each call is its own task, so its own context)."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        admitted = self._admit(handler_call_details)
+        if isinstance(admitted, str):
+            return _abort_handler_async(admitted)
+        handler = await continuation(handler_call_details)
+        if admitted is None or handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def with_principal(request, context):
+            _current.set(admitted)  # the call's task has its own copy of the context
+            return await inner(request, context)
 
         return handler._replace(unary_unary=with_principal)

@@ -131,6 +131,32 @@ class EncoderConfig(ServerConfig):
         "TensorRT, CUDA, CPU filtered by availability",
         "",
     )
+    workers: int = _opt(
+        "--workers",
+        "REAAS_WORKERS",
+        "server processes sharing the port with SO_REUSEPORT (one event loop each); 0 = one per CPU of "
+        "the quota. With N > 1, --intra-op-threads 0 gives each worker CPUs/N threads, every quota is "
+        "split N ways (each worker enforces 1/N), and worker i serves /metrics on --metrics-port + i",
+        1,
+    )
+    reuse_port: bool = _opt(
+        "--reuse-port",
+        "REAAS_REUSE_PORT",
+        "bind with SO_REUSEPORT so other processes can share the port (set on --workers' processes)",
+        False,
+    )
+    ready_fd: int = _opt(
+        "--ready-fd",
+        "REAAS_READY_FD",
+        "file descriptor to write one byte to once serving; -1 = none (set on --workers' processes)",
+        -1,
+    )
+    quota_split: int = _opt(
+        "--quota-split",
+        "REAAS_QUOTA_SPLIT",
+        "this process enforces 1/N of every images-per-minute quota (set to N on --workers' processes)",
+        1,
+    )
 
 
 @dataclass(frozen=True)
@@ -238,6 +264,19 @@ def parse_config(
     return config
 
 
+def to_argv(config: ServerConfig) -> list[str]:
+    """The flags that parse back into ``config`` (for starting a copy of this server in a child process)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        flag = f.metadata["flag"]
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def validate(config: ServerConfig) -> str | None:
     """A message describing the first invalid setting, or None when the config can start a server."""
     if config.model_path is None:
@@ -252,6 +291,8 @@ def validate(config: ServerConfig) -> str | None:
         return "--max-connection-age-s must be >= 0"
     if config.max_batch_size < 1 or config.worker_threads < 1 or config.max_message_mb < 1:
         return "--max-batch-size, --worker-threads and --max-message-mb must be >= 1"
+    if getattr(config, "workers", 1) < 0 or getattr(config, "quota_split", 1) < 1:
+        return "--workers must be >= 0 and --quota-split >= 1"
     if config.served_precision not in ("float32", "reduced"):
         return f"--served-precision must be 'float32' or 'reduced', got {config.served_precision!r}"
     return None

@@ -67,22 +67,30 @@ class ServerMetrics:
         self._cache = Counter(
             "reaas_cache_lookups", "result cache lookups", ["service", "outcome"], registry=self.registry
         )
+        # labelled children by label values: ``labels()`` takes a lock and builds a key on every call
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        child = self._children.get((id(metric), labels))
+        if child is None:
+            child = self._children.setdefault((id(metric), labels), metric.labels(*labels))
+        return child
 
     def record_usage(self, method: str, key: str, usage: Usage) -> None:
         """Add one call's usage to the key's counters."""
         labels = (self.service, method, key)
-        self._queries.labels(*labels).inc(usage.queries)
-        self._request_bytes.labels(*labels).inc(usage.request_bytes)
-        self._response_bytes.labels(*labels).inc(usage.response_bytes)
+        self._child(self._queries, *labels).inc(usage.queries)
+        self._child(self._request_bytes, *labels).inc(usage.request_bytes)
+        self._child(self._response_bytes, *labels).inc(usage.response_bytes)
 
     def record_call(self, method: str, code: str, latency_s: float) -> None:
         """Count a finished call by status code name and observe its latency."""
-        self._calls.labels(self.service, method, code).inc()
-        self._latency_s.labels(self.service, method).observe(latency_s)
+        self._child(self._calls, self.service, method, code).inc()
+        self._child(self._latency_s, self.service, method).observe(latency_s)
 
     def record_batch(self, images: int) -> None:
         """Observe the size of one executed inference batch."""
-        self._batch_images.labels(self.service).observe(images)
+        self._child(self._batch_images, self.service).observe(images)
 
     def record_cache(self, hits: int, misses: int) -> None:
         """Count result-cache hits and misses."""

@@ -21,10 +21,17 @@ class QuotaExceeded(Exception):
 
 
 class QuotaLimiter:
-    """Token buckets of capacity ``images_per_minute`` refilling at images_per_minute / 60 per second."""
+    """Token buckets of capacity ``images_per_minute`` refilling at images_per_minute / 60 per second.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    ``split`` N > 1: this process is one of N workers behind one port, and enforces ceil(quota / N) of every
+    quota, so the workers together never grant more than the quota (plus N - 1 rounding images). The price:
+    a client whose calls all reach one worker (one HTTP/2 connection lands on one worker) gets 1/N of its
+    quota; clients that spread over connections get all of it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, split: int = 1):
         self._clock = clock
+        self._split = max(1, split)
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # key name -> (tokens, last refill time)
 
@@ -32,6 +39,7 @@ class QuotaLimiter:
         """Take ``images`` tokens or raise QuotaExceeded; images_per_minute <= 0 means unlimited."""
         if images_per_minute <= 0:
             return
+        images_per_minute = math.ceil(images_per_minute / self._split)
         rate_per_s = images_per_minute / 60.0
         with self._lock:
             now = self._clock()

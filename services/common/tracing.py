@@ -12,9 +12,25 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 log = logging.getLogger(__name__)
 
 
-def make_tracer_provider(service: str, otlp_endpoint: str = "", console: bool = False) -> TracerProvider:
+class ServerTracerProvider(TracerProvider):
+    """A TracerProvider that knows whether any span processor listens (``recording``).
+
+    Building a span costs about as much as a single-image inference; with nobody to receive it, calls skip it.
+    """
+
+    recording = False
+
+    def add_span_processor(self, span_processor) -> None:
+        """Add ``span_processor``; from now on calls build spans."""
+        super().add_span_processor(span_processor)
+        self.recording = True
+
+
+def make_tracer_provider(
+    service: str, otlp_endpoint: str = "", console: bool = False
+) -> ServerTracerProvider:
     """A TracerProvider for one server (not installed globally, so several servers can share a process)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"reaas-{service}"}))
+    provider = ServerTracerProvider(resource=Resource.create({"service.name": f"reaas-{service}"}))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         input_shape: tuple[int, int, int],
         feature_dim: int,
         max_batch_size: int,
-        infer: Callable[[np.ndarray, float | None], np.ndarray],
+        infer: Callable[[np.ndarray, float | None], Awaitable[np.ndarray]],
     ):
         self.runtime = runtime
         self._model_name, self._input_name, self._output_name = model_name, input_name, output_name
@@ -50,20 +50,20 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             )
 
     @unary_rpc
-    def ServerLive(self, request, call):
+    async def ServerLive(self, request, call):
         return inference_pb2.ServerLiveResponse(live=True)
 
     @unary_rpc
-    def ServerReady(self, request, call):
+    async def ServerReady(self, request, call):
         return inference_pb2.ServerReadyResponse(ready=not self.runtime.draining.is_set())
 
     @unary_rpc
-    def ModelReady(self, request, call):
+    async def ModelReady(self, request, call):
         self._check_model(request.name, request.version)
         return inference_pb2.ModelReadyResponse(ready=not self.runtime.draining.is_set())
 
     @unary_rpc
-    def ModelMetadata(self, request, call):
+    async def ModelMetadata(self, request, call):
         self._check_model(request.name, request.version)
         tensor = inference_pb2.ModelMetadataResponse.TensorMetadata
         return inference_pb2.ModelMetadataResponse(
@@ -75,7 +75,7 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @unary_rpc
-    def ModelInfer(self, request, call):
+    async def ModelInfer(self, request, call):
         self._check_model(request.model_name, request.model_version)
         images = decode_images(
             self._input_tensor(request),
@@ -89,7 +89,7 @@ class KServeServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                     "outputs", f"unknown output '{requested.name}'; the model has '{self._output_name}'"
                 )
         call.charge(len(images))
-        features = self._infer(images, call.deadline())
+        features = await self._infer(images, call.deadline())
         output = inference_pb2.ModelInferResponse.InferOutputTensor(
             name=self._output_name, datatype="FP32", shape=list(features.shape)
         )

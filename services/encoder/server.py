@@ -1,8 +1,15 @@
-"""Feature-API server: reaas.v1.Encoder and KServe v2 inference over one ONNX Runtime session."""
+"""Feature-API server: reaas.v1.Encoder and KServe v2 inference over one ONNX Runtime session.
+
+The server is a grpc.aio server: a call is a coroutine on one event-loop thread, not a pool thread, and the
+dynamic batcher wakes that loop once per batch. Profiled on single-image traffic, the thread pool's hand-offs
+(queue the call, wake a worker, wake it again when its batch is done) cost more than the inference.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -39,7 +46,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self._max_batch_size = max_batch_size
 
     @unary_rpc
-    def Encode(self, request, call):
+    async def Encode(self, request, call):
         check_model_pin(request.model_sha256, self._model.sha256)
         images = decode_images(
             request.images,
@@ -48,11 +55,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             max_batch_size=self._max_batch_size,
         )
         call.charge(len(images))
-        features = self._infer(images, call.deadline())
+        features = await self._infer(images, call.deadline())
         return encoder_pb2.EncodeResponse(features=to_proto(features), model_sha256=self._model.sha256)
 
     @unary_rpc
-    def GetModelInfo(self, request, call):
+    async def GetModelInfo(self, request, call):
         return model_info(
             self._model,
             input_shape=self._encoder.input_shape,
@@ -84,12 +91,20 @@ def create_server(config: EncoderConfig) -> tuple[ManagedServer, int]:
             on_batch=metrics.record_batch,
         )
 
-    def infer(images: np.ndarray, deadline: float | None) -> np.ndarray:
+    # without batching each call runs on its own pool thread (ONNX Runtime releases the GIL)
+    pool = None if batcher is not None else futures.ThreadPoolExecutor(config.worker_threads, "encoder-infer")
+
+    async def infer(images: np.ndarray, deadline: float | None) -> np.ndarray:
         """Features [B, D] of images [B, C, H, W], through the batcher when enabled."""
-        if batcher is None:
-            return encoder.run(images)
         timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return batcher.submit(images, timeout_s)
+        if batcher is not None:
+            return await batcher.submit_async(images, timeout_s)
+        try:
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(pool, encoder.run, images), timeout_s
+            )
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise TimeoutError("deadline passed while waiting for inference") from exc
 
     def register(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
         encoder_pb2_grpc.add_EncoderServicer_to_server(
@@ -113,7 +128,8 @@ def create_server(config: EncoderConfig) -> tuple[ManagedServer, int]:
             inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         ]
 
-    on_stopped = [batcher.close] if batcher is not None else []
-    server, port = build_server(config, "encoder", register, on_stopped=on_stopped, metrics=metrics)
+    on_stopped = [batcher.close] if batcher is not None else [pool.shutdown]
+    server, port = build_server(config, "encoder", register, on_stopped=on_stopped, metrics=metrics,
+                                asynchronous=True, reuse_port=config.reuse_port)
     server.batcher = batcher  # exposed for tests and benchmarks
     return server, port

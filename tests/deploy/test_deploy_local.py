@@ -136,7 +136,8 @@ def test_up_serves_through_every_replica_and_down_leaves_nothing(tmp_path):
             with pytest.raises(grpc.RpcError) as denied:
                 stub.Encode(encoder_pb2.EncodeRequest(images=to_proto(images)), timeout=10)
             assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        per_replica = [encode_calls(r["metrics_port"]) for r in encoders]
+        workers = int(encoders[0]["argv"][encoders[0]["argv"].index("--workers") + 1])  # /metrics on port + i
+        per_replica = [sum(encode_calls(r["metrics_port"] + i) for i in range(workers)) for r in encoders]
         assert min(per_replica) >= 1 and sum(per_replica) == 6, per_replica  # round_robin reached both
 
         with grpc.insecure_channel(endpoints["services"]["perturb"]["target"]) as channel:

@@ -131,7 +131,7 @@ def test_pods_are_hardened(target):
 
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])
-def test_servers_probe_grpc_health_and_size_threads_to_the_cpu_limit(target):
+def test_servers_probe_grpc_health_and_size_processes_and_threads_to_the_cpu_limit(target):
     health = {"reaas-encoder": "reaas.v1.Encoder", "reaas-perturb": "reaas.v1.Perturb"}
     deployments = by_name(target, "Deployment")
     assert set(deployments) == set(health)
@@ -143,8 +143,14 @@ def test_servers_probe_grpc_health_and_size_threads_to_the_cpu_limit(target):
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == port, (name, probe)
         assert container["readinessProbe"]["grpc"]["service"] == health[name]
-        threads = env["REAAS_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
-        assert threads == {"containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
+        limit = {"containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
+        if name == "reaas-encoder":  # one worker process per CPU, each CPUs / workers threads
+            assert env["REAAS_WORKERS"]["valueFrom"]["resourceFieldRef"] == limit
+            assert env["REAAS_INTRA_OP_THREADS"]["value"] == "0"
+            metrics = [p["containerPort"] for p in container["ports"] if p["name"].startswith("metrics")]
+            assert metrics == [9090, 9091]  # worker i on 9090 + i, for the 2-CPU limit
+        else:
+            assert env["REAAS_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"] == limit
         strategy = deployment["spec"]["strategy"]["rollingUpdate"]
         assert strategy["maxUnavailable"] == 0
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
