@@ -39,7 +39,8 @@ dataset: ## apt-get install dataset-fashion-mnist when its files are missing
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
 	fi
 
-test: install ## install if needed, then ruff and the test suite (the CI command)
+test: install ## install if needed (and the Triton peer where a Python 3.12 exists), then ruff and the test suite (the CI command)
+	-@$(MAKE) --no-print-directory $(TRITON_VENV)/.installed || echo "make test: no Triton peer (the real-Triton bench test will skip and say why)"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -68,7 +69,9 @@ bench-services: install ## Feature-API serving, bound engine (+ served) and sema
 	$(BIN)/python -m benchmarks.semantic --models $(MODEL) > results/benchmarks/semantic.json
 
 # Triton's Python backend stub links libpython: a Python 3.12 with its shared library (pyenv builds one).
-TRITON_PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)
+# (the first candidate that runs: a pyenv shim on PATH may exist without the version being selected)
+TRITON_PYTHON ?= $(shell for p in $$(command -v python3.12) $(HOME)/.pyenv/versions/3.12*/bin/python3.12; do \
+  "$$p" -c 'import sys' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 TRITON_VENV ?= .venv-triton
 PEER_ARGS ?= --model $(MODEL) --seconds 3 --scaling-workers 1,2
 
