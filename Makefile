@@ -16,7 +16,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 MODEL ?= models/fmnist-robust.onnx
 RUN_DIR ?= runs/local
 
-.PHONY: help install dataset test lint protos clean up down images pretrain run bench bench-quick bench-services bench-triton \
+.PHONY: help install dataset h2load test lint protos clean up down images pretrain run bench bench-quick bench-services bench-triton \
 	reliability gpu-check
 
 help: ## list the targets
@@ -40,7 +40,7 @@ dataset: ## apt-get install dataset-fashion-mnist when its files are missing
 	fi
 
 test: install ## install if needed (and the Triton peer where a Python 3.12 exists), then ruff and the test suite (the CI command)
-	-@$(MAKE) --no-print-directory $(TRITON_VENV)/.installed || echo "make test: no Triton peer (the real-Triton bench test will skip and say why)"
+	-@$(MAKE) --no-print-directory $(TRITON_VENV)/.installed h2load || echo "make test: no Triton peer or h2load (their bench tests will skip and say why)"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -73,7 +73,7 @@ bench-services: install ## Feature-API serving, bound engine (+ served) and sema
 TRITON_PYTHON ?= $(shell for p in $$(command -v python3.12) $(HOME)/.pyenv/versions/3.12*/bin/python3.12; do \
   "$$p" -c 'import sys' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 TRITON_VENV ?= .venv-triton
-PEER_ARGS ?= --model $(MODEL) --seconds 3 --scaling-workers 1,2
+PEER_ARGS ?= --model $(MODEL) --seconds 3 --scaling-workers 1,2 --load-generator h2load
 
 $(TRITON_VENV)/.installed: pyproject.toml
 	@test -n "$(TRITON_PYTHON)" || { echo "bench-triton: no python3.12 on PATH or in pyenv (set TRITON_PYTHON=)"; exit 1; }
@@ -81,7 +81,10 @@ $(TRITON_VENV)/.installed: pyproject.toml
 	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton 'onnxruntime>=1.17' 'numpy>=1.24'
 	@touch $@
 
-bench-triton: install $(TRITON_VENV)/.installed ## Feature-API vs Triton (PyTriton in .venv-triton) at 1/8/64/256 single-image clients
+h2load: ## apt-get install nghttp2-client (h2load, the compiled load generator of `bench-triton`) when missing
+	@command -v h2load >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nghttp2-client; }
+
+bench-triton: install $(TRITON_VENV)/.installed h2load ## Feature-API vs Triton (PyTriton in .venv-triton) at 1/8/64/256 single-image clients
 	@mkdir -p results/benchmarks
 	$(BIN)/python -m benchmarks.encoder_serving --peer triton --peer-python $(TRITON_VENV)/bin/python $(PEER_ARGS) \
 	  --json > results/benchmarks/encoder_vs_triton.json

@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.load import closed_loop
+from benchmarks.load import H2loadUnavailable, closed_loop, closed_loop_h2load, grpc_frame
 from benchmarks.serving import LOOPBACK, TRITON_VENV_PYTHON, PeerUnavailable, serve, serve_triton_peer
 from reaas.kserve.v2 import inference_pb2, inference_pb2_grpc
 from reaas.tensors import to_proto
@@ -66,7 +66,8 @@ class BenchConfig:
     peer: str = ""  # "" (the scenarios above) or "triton"
     peer_python: str = str(TRITON_VENV_PYTHON)  # an interpreter with nvidia-pytriton and onnxruntime
     peer_concurrency: tuple[int, ...] = (1, 8, 64, 256)  # single-image clients
-    client_processes: int = 1  # load-generator processes (the check at 64 clients uses 2)
+    client_processes: int = 1  # load-generator processes (h2load: native threads; the check at 64 uses 2)
+    load_generator: str = "python"  # "python" (benchmarks/load.py, grpc.aio) or "h2load" (compiled, nghttp2)
     workers: int = 1  # our server's --workers
     scaling_workers: tuple[int, ...] = ()  # --workers values for the scaling curve (64 clients, Encode)
 
@@ -256,6 +257,26 @@ def _requests(port: int, image: np.ndarray) -> tuple[bytes, bytes]:
     return encode.SerializeToString(), infer.SerializeToString()
 
 
+def _response_bytes(target: str, method: str, request: bytes) -> int:
+    """Size of one real response to ``request`` as a gRPC frame (h2load's check that calls succeeded)."""
+    with grpc.insecure_channel(target) as channel:
+        return len(grpc_frame(channel.unary_unary(method)(request, timeout=60)))
+
+
+def _load_generator(name: str, response_bytes: dict[tuple[str, str], int]):
+    """``closed_loop(target, method, request, clients, seconds, processes)`` of the chosen generator."""
+    if name == "python":
+        return closed_loop
+    if name != "h2load":
+        raise ValueError(f"unknown load generator {name!r} (python, h2load)")
+
+    def h2load(target: str, method: str, request: bytes, clients: int, seconds: float, processes: int = 1):
+        return closed_loop_h2load(target, method, request, clients, seconds, processes,
+                                  response_bytes[(target, method)])
+
+    return h2load
+
+
 def compare_with_triton(model: Path, config: BenchConfig) -> dict:
     """Ours (Encode, KServe) against Triton on the same model and load; see the module docstring."""
     threads = compute_threads(config.intra_op_threads)
@@ -271,19 +292,24 @@ def compare_with_triton(model: Path, config: BenchConfig) -> dict:
         peer_flags += ["--model-name", info.model_name]
         with serve_triton_peer(model, Path(config.peer_python), peer_flags) as peer:
             ours, triton = f"{LOOPBACK}:{ours_port}", f"{LOOPBACK}:{peer}"
+            drive = _load_generator(config.load_generator, {
+                (ours, ENCODE): _response_bytes(ours, ENCODE, encode),
+                (ours, MODEL_INFER): _response_bytes(ours, MODEL_INFER, infer),
+                (triton, MODEL_INFER): _response_bytes(triton, MODEL_INFER, infer),
+            })
             rows = {}
             for clients in config.peer_concurrency:
                 rows[str(clients)] = {
-                    "ours_encode": closed_loop(ours, ENCODE, encode, clients, seconds, processes),
-                    "ours_kserve": closed_loop(ours, MODEL_INFER, infer, clients, seconds, processes),
-                    "triton": closed_loop(triton, MODEL_INFER, infer, clients, seconds, processes),
+                    "ours_encode": drive(ours, ENCODE, encode, clients, seconds, processes),
+                    "ours_kserve": drive(ours, MODEL_INFER, infer, clients, seconds, processes),
+                    "triton": drive(triton, MODEL_INFER, infer, clients, seconds, processes),
                 }
             check_clients = 64 if 64 in config.peer_concurrency else config.peer_concurrency[-1]
             split = {
                 "clients": check_clients,
                 "processes": 2,
-                "ours_kserve": closed_loop(ours, MODEL_INFER, infer, check_clients, seconds, 2),
-                "triton": closed_loop(triton, MODEL_INFER, infer, check_clients, seconds, 2),
+                "ours_kserve": drive(ours, MODEL_INFER, infer, check_clients, seconds, 2),
+                "triton": drive(triton, MODEL_INFER, infer, check_clients, seconds, 2),
             }
     one = rows[str(check_clients)]
     split["ours_kserve_two_over_one"] = (split["ours_kserve"]["requests_per_s"]
@@ -293,7 +319,9 @@ def compare_with_triton(model: Path, config: BenchConfig) -> dict:
     for workers in config.scaling_workers:
         with serve("encoder", model, _server_flags(config, 0, workers)) as port:
             target = f"{LOOPBACK}:{port}"
-            scaling[str(workers)] = closed_loop(target, ENCODE, encode, SCALING_CLIENTS, seconds, 2)
+            drive = _load_generator(config.load_generator,
+                                          {(target, ENCODE): _response_bytes(target, ENCODE, encode)})
+            scaling[str(workers)] = drive(target, ENCODE, encode, SCALING_CLIENTS, seconds, 2)
     base = scaling.get(str(config.scaling_workers[0])) if config.scaling_workers else None
 
     def ratio(row: dict, ours_key: str) -> float:
@@ -303,6 +331,7 @@ def compare_with_triton(model: Path, config: BenchConfig) -> dict:
         "config": asdict(config),
         "model": str(model),
         "peer": "triton (nvidia-pytriton, ONNX Runtime in the callable, dynamic batching on)",
+        "load_generator": config.load_generator,
         "intra_op_threads": threads,
         "workers": config.workers,
         "concurrency": rows,
@@ -333,7 +362,8 @@ def _print_peer(report: dict) -> None:
               f"(Encode {report['encode_over_triton'][clients]:.2f}, "
               f"KServe {report['kserve_over_triton'][clients]:.2f})")
     check = report["load_generator_check"]
-    print(f"load generator, {check['clients']} clients over 2 processes vs 1: ours KServe "
+    print(f"load generator ({report['load_generator']}), {check['clients']} clients over 2 processes vs 1: "
+          f"ours KServe "
           f"{check['ours_kserve_two_over_one']:.2f}x, Triton {check['triton_two_over_one']:.2f}x")
     if report["scaling"]:
         curve = ", ".join(f"{w} worker(s) {rps:.0f} req/s ({report['scaling']['over_first'][w]:.2f}x)"
@@ -380,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="single-image client counts for --peer")
     parser.add_argument("--client-processes", type=int, default=defaults.client_processes,
                         help="load-generator processes for --peer")
+    parser.add_argument("--load-generator", choices=["python", "h2load"], default=defaults.load_generator,
+                        help="--peer: benchmarks/load.py (grpc.aio) or h2load (compiled; apt-get install "
+                             "nghttp2-client), which leaves the servers more of a small machine's CPU")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="our server's --workers for --peer")
     parser.add_argument("--scaling-workers", default="",
@@ -398,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = Path(config.model) if config.model else _untrained_model(
                     Path(scratch), config.untrained_channels, config.untrained_hidden)
                 report = compare_with_triton(model, config)
-        except PeerUnavailable as exc:
+        except (PeerUnavailable, H2loadUnavailable) as exc:
             print(f"--peer triton: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(report, indent=2)) if as_json else _print_peer(report)

@@ -53,6 +53,24 @@ def test_peer_report_has_every_field_with_a_stand_in_peer(monkeypatch, capsys):
     _check_report(json.loads(capsys.readouterr().out))
 
 
+def test_peer_report_with_h2load_has_every_field(monkeypatch, capsys):
+    import shutil
+
+    if shutil.which("h2load") is None:
+        pytest.skip("h2load not installed (apt-get install nghttp2-client; `make test` installs it)")
+
+    @contextlib.contextmanager
+    def stand_in(model, python, flags=()):
+        with serving.serve("encoder", model, ["--intra-op-threads", "1"]) as port:
+            yield port
+
+    monkeypatch.setattr(bench, "serve_triton_peer", stand_in)
+    assert bench.main([*TOY, "--peer", "triton", "--load-generator", "h2load", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    _check_report(report)
+    assert report["load_generator"] == "h2load"
+
+
 def test_peer_without_pytriton_says_so_and_exits_2(tmp_path, capsys):
     code = bench.main([*TOY, "--peer", "triton", "--peer-python", str(tmp_path / "no-python")])
     assert code == 2 and "make bench-triton" in capsys.readouterr().err
@@ -65,3 +83,51 @@ def test_peer_report_against_real_triton(capsys):
         pytest.skip(f"no PyTriton interpreter: {exc}")
     assert bench.main([*TOY, "--peer", "triton", "--json"]) == 0
     _check_report(json.loads(capsys.readouterr().out))
+
+
+H2LOAD_SUMMARY = """finished in 601.49ms, 808.00 req/s, 524.89KB/s
+requests: 404 total, 404 started, 404 done, 404 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 404 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 262.45KB (268745) total, 1.55KB (1584) headers (space savings 95.91%), 282.88KB (289668) data
+"""
+
+
+def test_h2load_summary_and_log_parse_against_hand_computed_values():
+    from benchmarks import load
+
+    log = [f"{1_000_000 + i}\t200\t{1000 * (i + 1)}" for i in range(100)]  # 1, 2, ..., 100 ms
+    result = load.parse_h2load(H2LOAD_SUMMARY, log, seconds=0.5)
+    assert result["requests_per_s"] == 808.0
+    assert result["p50_ms"] == pytest.approx(50.5) and result["p99_ms"] == pytest.approx(99.01)
+    assert result["data_bytes_per_request"] == pytest.approx(289668 / 404)
+    failed = H2LOAD_SUMMARY.replace("404 succeeded, 0 failed", "400 succeeded, 4 failed")
+    with pytest.raises(RuntimeError, match="4 failed"):
+        load.parse_h2load(failed, log, seconds=0.5)
+    assert load.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+
+
+def test_h2load_drives_our_server_and_catches_grpc_errors():
+    import shutil
+
+    import grpc
+    import numpy as np
+
+    from benchmarks import load
+
+    if shutil.which("h2load") is None:
+        pytest.skip("h2load not installed (apt-get install nghttp2-client; `make test` installs it)")
+    with serving.serve("encoder", serving.REPO / "models" / "fmnist-robust.onnx", ["--intra-op-threads", "1"]
+                       ) as port:
+        target = f"{serving.LOOPBACK}:{port}"
+        image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+        encode, _ = bench._requests(port, image)
+        with grpc.insecure_channel(target) as channel:
+            real = len(load.grpc_frame(channel.unary_unary(bench.ENCODE)(encode)))
+        result = load.closed_loop_h2load(target, bench.ENCODE, encode, clients=2, seconds=0.3, threads=2,
+                                         min_response_bytes=real)
+        assert result["requests_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"] > 0
+        assert result["processes"] == 2 and result["generator"] == "h2load"
+        # a malformed request is answered with HTTP 200 and a gRPC error trailer: caught by the size check
+        with pytest.raises(RuntimeError, match="answered with errors"):
+            load.closed_loop_h2load(target, bench.ENCODE, b"\xff\xff", clients=1, seconds=0.2,
+                                    min_response_bytes=real)
