@@ -224,7 +224,10 @@ class BoundEngine:
 
     def _prepare(self, images: np.ndarray, clip: bool) -> _Prepared:
         x = self._check_images(images, require_box=clip)
-        x64 = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)
+        # standard strides, whatever the caller's array had: torch picks its conv kernels (so the float64
+        # rounding of every bound) by the strides, and numpy gives size-1 dims arbitrary ones (a [B, 1, H, W]
+        # slice can look channels-last), so the same pixels must always reach the engine in one layout
+        x64 = torch.as_tensor(x, dtype=torch.float64).clone(memory_format=torch.contiguous_format)
         return _Prepared(self.graph, self.float_error, x64)
 
     def _l_eff(self, norm: str) -> float:
@@ -249,10 +252,12 @@ class BoundEngine:
         norm: str = "l2",
         method: str = "auto",
         relative_tolerance: float = 1e-3,
-        clip_to_pixel_box: bool = True,
+        clip_to_pixel_box: bool = False,
         deadline: float | None = None,
     ) -> RadiusResult:
-        """Largest verified radius r per image with U(r) < R_F (``norm`` ball in raw pixel units)."""
+        """Largest verified radius r per image with U(r) < R_F (``norm`` ball in raw pixel units; with
+        ``clip_to_pixel_box`` the ball ∩ [0, 1]ⁿ, so r then covers only in-range perturbations). The
+        defaults are F2IPerturbRequest's: a call without the flag certifies what the API certifies."""
         _check_method(method)
         if norm not in ("l2", "linf"):
             raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
@@ -347,7 +352,7 @@ class BoundEngine:
         *,
         norm: str = "l2",
         method: str = "auto",
-        clip_to_pixel_box: bool = True,
+        clip_to_pixel_box: bool = False,
         deadline: float | None = None,
     ) -> CurveResult:
         """[B, K] sound upper bounds U(r_k) of the feature shift, non-decreasing in r_k, and whether every

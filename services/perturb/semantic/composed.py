@@ -29,7 +29,8 @@ def compose(graph: BoundGraph, x0: np.ndarray, a: np.ndarray) -> BoundGraph:
     """Bound graph of θ [k] ↦ f(x0 + A θ) for one image x0 [*in_shape] and basis A [k, *in_shape]."""
     k = a.shape[0]
     at = torch.as_tensor(a, dtype=torch.float64)
-    x = torch.as_tensor(np.asarray(x0, np.float64))
+    # standard strides, as in BoundEngine._prepare: torch picks its conv kernels by them
+    x = torch.as_tensor(x0, dtype=torch.float64).clone(memory_format=torch.contiguous_format)
     in_shape = tuple(graph.input_shape)
     pixel = Node("affine", (0,), in_shape, "sp_layer", DenseMap(at.reshape(k, -1).T, (k,), in_shape), x)
     nodes = [Node("input", (), (k,), "theta"), pixel]
