@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -53,8 +54,9 @@ def serve_triton_peer(model: Path, python: Path, flags: Sequence[str] = (), time
     env = check_peer_python(python)
     script = REPO / "benchmarks" / "triton_peer.py"
     command = [str(python), str(script), "--model", str(Path(model).resolve()), *flags]
+    # its own process group: PyTriton starts tritonserver and a backend stub, which must not outlive the peer
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                               cwd=REPO)
+                               cwd=REPO, start_new_session=True)
     try:
         for line in process.stdout:  # Triton logs to stdout as well; the peer's own line is "grpc-port N"
             if line.startswith("grpc-port "):
@@ -66,12 +68,20 @@ def serve_triton_peer(model: Path, python: Path, flags: Sequence[str] = (), time
             status = process.wait(timeout_s)
             raise PeerUnavailable(f"the Triton peer exited without serving (status {status})")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM the process, then SIGKILL its whole group (its children included) once it exited or after
+    ``grace_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @contextlib.contextmanager

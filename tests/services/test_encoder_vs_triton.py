@@ -131,3 +131,42 @@ def test_h2load_drives_our_server_and_catches_grpc_errors():
         with pytest.raises(RuntimeError, match="answered with errors"):
             load.closed_loop_h2load(target, bench.ENCODE, b"\xff\xff", clients=1, seconds=0.2,
                                     min_response_bytes=real)
+
+
+def _triton_pids() -> set[int]:
+    from pathlib import Path
+
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"tritonserver" in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_triton_peer_leaves_no_server_behind():
+    import time
+
+    try:
+        serving.check_peer_python(serving.TRITON_VENV_PYTHON)
+    except serving.PeerUnavailable as exc:
+        pytest.skip(f"no PyTriton interpreter: {exc}")
+    before = _triton_pids()
+    model = serving.REPO / "models" / "fmnist-robust.onnx"
+    with serving.serve_triton_peer(model, serving.TRITON_VENV_PYTHON, ["--intra-op-threads", "1"]) as port:
+        assert port > 0
+        started = _triton_pids() - before
+        assert started, "PyTriton started no tritonserver"
+    def running(pid: int) -> bool:  # a zombie (state Z) has exited, only its exit status is left
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10  # SIGKILL is asynchronous
+    while (alive := [pid for pid in started if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"tritonserver processes outlived the peer: {alive}"
