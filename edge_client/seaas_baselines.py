@@ -77,10 +77,14 @@ class DenoiserConfig:
     sigma: float = 0.25  # image-space noise std, pixel units
     depth: int = 6  # conv layers
     channels: int = 32
-    epochs: int = 5
+    epochs: int = 5  # MSE epochs; with validation_fraction > 0 the upper limit of early stopping
     stability_epochs: int = 0  # then train with the stability loss (needs a surrogate classifier)
     batch_size: int = 128
     learning_rate: float = 1e-3
+    validation_fraction: float = 0.0  # > 0: hold out this seeded share and stop MSE at its plateau
+    patience: int = 2  # epochs without a validation-MSE improvement (edge_client.early_stopping)
+    min_improvement: float = 1e-3  # relative
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's setting
     seed: int = 0
 
 
@@ -110,42 +114,75 @@ def train_denoiser(images: np.ndarray, config: DenoiserConfig = DenoiserConfig()
                    progress: Callable[[str, int, float], None] | None = None):
     """Train a DnCNN on images [N, C, H, W] in [0, 1] with MSE, then optionally the stability loss.
 
-    ``surrogate`` is a differentiable torch callable images -> logits standing in for g(f(.)); it is
-    required when ``config.stability_epochs > 0``. Returns the torch module in eval mode.
+    With ``config.validation_fraction > 0`` the MSE phase runs to convergence: a seeded share of the images is
+    held out (fixed noise) and training stops at its validation-MSE plateau, keeping the best epoch
+    (``edge_client.early_stopping``; ``progress("validation", epoch, mse)``). ``surrogate`` is a
+    differentiable torch callable images -> logits standing in for g(f(.)); it is required when
+    ``config.stability_epochs > 0``. Returns the torch module in eval mode.
     """
     import torch
     import torch.nn.functional as F
 
+    from edge_client.early_stopping import early_stopping_fit
+    from edge_client.training import split_train_validation
+
     if config.stability_epochs and surrogate is None:
         raise ValueError("the stability loss needs a differentiable surrogate classifier")
+    if config.threads:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     data = torch.tensor(np.asarray(images, dtype=np.float32))  # a copy: callers may pass read-only arrays
     model = build_dncnn(data.shape[1], config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    phases = [("mse", config.epochs), ("stability", config.stability_epochs)]
-    for phase, epochs in phases:
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(len(data), generator=gen)
-            total, count = 0.0, 0
-            for start in range(0, len(data), config.batch_size):
-                clean = data[order[start:start + config.batch_size]]
-                noisy = clean + config.sigma * torch.randn(clean.shape, generator=gen)
-                denoised = model(noisy)
-                if phase == "mse":
-                    loss = F.mse_loss(denoised, clean)
-                else:
-                    with torch.no_grad():
-                        target = surrogate(clean).argmax(dim=1)
-                    loss = F.cross_entropy(surrogate(denoised), target)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(clean)
-                count += len(clean)
+    train_rows = torch.arange(len(data))
+    if config.validation_fraction > 0:
+        train_idx, val_idx = split_train_validation(len(data), config.validation_fraction, config.seed)
+        train_rows, val_rows = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+        val_clean = data[val_rows]
+        val_noisy = val_clean + config.sigma * torch.randn(val_clean.shape, generator=gen)
+
+    def epoch_of(phase: str, epoch: int) -> None:
+        order = train_rows[torch.randperm(len(train_rows), generator=gen)]
+        total, count = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            clean = data[order[start:start + config.batch_size]]
+            noisy = clean + config.sigma * torch.randn(clean.shape, generator=gen)
+            denoised = model(noisy)
+            if phase == "mse":
+                loss = F.mse_loss(denoised, clean)
+            else:
+                with torch.no_grad():
+                    target = surrogate(clean).argmax(dim=1)
+                loss = F.cross_entropy(surrogate(denoised), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(clean)
+            count += len(clean)
+        if progress is not None:
+            progress(phase, epoch, total / max(count, 1))
+
+    if config.validation_fraction > 0:
+        def validation_mse() -> float:
+            with torch.inference_mode():
+                total = sum(F.mse_loss(model(val_noisy[s:s + 2048]), val_clean[s:s + 2048], reduction="sum")
+                            for s in range(0, len(val_rows), 2048))
+                return float(total) / max(val_clean.numel(), 1)
+
+        def report(epoch: int, mse: float) -> None:
             if progress is not None:
-                progress(phase, epoch, total / max(count, 1))
+                progress("validation", epoch, mse)
+
+        early_stopping_fit(model, lambda epoch: epoch_of("mse", epoch), validation_mse, config.epochs,
+                           config.patience, config.min_improvement, report)
+    else:
+        for epoch in range(config.epochs):
+            model.train()
+            epoch_of("mse", epoch)
+    for epoch in range(config.stability_epochs):
+        model.train()
+        epoch_of("stability", epoch)
     return model.eval()
 
 

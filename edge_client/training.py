@@ -40,6 +40,19 @@ def split_train_validation(num: int, validation_fraction: float, seed: int) -> t
     return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
+def selection_rows(num: int, selection_images: int = 12_000, validation_fraction: float = 0.1,
+                   validation_size: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Training-set rows (train part, validation inputs) of the hyperparameter selection, as REaaS draws them.
+
+    A seeded subset of ``selection_images`` training rows, split with :func:`split_train_validation`, the
+    first ``validation_size`` validation rows scored: REaaS (``workflow.train_downstream``) chooses its c
+    on these rows and the SEaaS baselines their image-space sigma.
+    """
+    subset = np.random.default_rng(seed).permutation(num)[:selection_images]
+    train_idx, val_idx = split_train_validation(len(subset), validation_fraction, seed)
+    return subset[train_idx], subset[val_idx[:validation_size]]
+
+
 def train_mlp(features: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig(),
               num_classes: int | None = None, progress: Callable[[int, float], None] | None = None) -> MLP:
     """Train an MLP on raw features [N, D] and labels [N]; ``progress(epoch, mean_loss)`` after each epoch."""

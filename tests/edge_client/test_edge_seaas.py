@@ -91,3 +91,19 @@ def test_denoiser_trains_exports_and_runs_torch_free(tmp_path, service):
     with torch.no_grad():
         np.testing.assert_allclose(denoised, model(torch.as_tensor(noisy)).numpy(), atol=1e-4)
     assert np.mean((denoised - images) ** 2) < np.mean((noisy - images) ** 2)
+
+
+def test_denoiser_trains_to_its_validation_plateau():
+    pytest.importorskip("torch")
+    from edge_client.seaas_baselines import DenoiserConfig, train_denoiser
+
+    rng = np.random.default_rng(1)
+    images = np.clip(rng.random((80, 1, 8, 8)) * 0.2 + 0.4, 0, 1).astype(np.float32)
+    seen = []
+    config = DenoiserConfig(sigma=0.25, depth=3, channels=4, epochs=40, batch_size=16,
+                            validation_fraction=0.25, patience=1, min_improvement=0.5,
+                            seed=0)  # a 50% bar: the plateau comes early
+    train_denoiser(images, config, progress=lambda phase, epoch, value: seen.append((phase, epoch, value)))
+    validation = [value for phase, _, value in seen if phase == "validation"]
+    assert 2 <= len(validation) < config.epochs  # stopped at the plateau, not at max epochs
+    assert sum(phase == "mse" for phase, _, _ in seen) == len(validation)

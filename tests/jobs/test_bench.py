@@ -22,12 +22,12 @@ from onnx_helpers import export_encoder  # noqa: E402
 from edge_client.metrics import average_certified_radius  # noqa: E402
 from jobs import bench, report  # noqa: E402
 
-TINY = replace(bench.FULL, num_train=200, num_test=3, noise_c=(1.0,), epochs=2, n0=20, n=400,
-               seaas_num_test=2, seaas_num_train=12, seaas_copies=3, seaas_n=300, seaas_epochs=2, ds_n=100,
-               denoiser_num_train=32, denoiser_epochs=1, denoiser_depth=3, denoiser_channels=4,
-               reference_num_train=64, reference_epochs=1, reference_num_test=2, reference_n=200,
-               perturb_method="lipschitz", curve_method="lipschitz", perturb_timeout_s=30.0,
-               semantic_num_test=2)
+TINY = replace(bench.FULL, num_train=200, num_test=3, noise_c=(1.0,), image_sigmas=(0.25, 0.5), epochs=2,
+               n0=20, n=400, selection_images=100, validation_size=2, selection_n=50, seaas_num_test=2,
+               seaas_copies=3, seaas_n=300, ds_n=100, denoiser_max_epochs=1, denoiser_depth=3,
+               denoiser_channels=4, reference_max_epochs=1, reference_num_test=2, reference_n=200,
+               lipschitz_max_epochs=1, perturb_method="lipschitz", curve_method="lipschitz",
+               perturb_timeout_s=30.0, semantic_num_test=2, threads=1)
 
 
 def _tiny_encoder(path):
@@ -43,13 +43,12 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     config = replace(TINY, out=root / "out", cache_dir=root / "cache")
     model = _tiny_encoder(root / "tiny.onnx")
-    denoiser = bench.client_denoiser(config, log=lambda _: None)
-    rows, curves, raw = bench.encoder_rows("tiny", model, config, denoiser, log=lambda _: None)
+    rows, curves, raw = bench.encoder_rows("tiny", model, config, log=lambda _: None)
     return config, rows, curves, raw
 
 
 def test_row_schema(built):
-    config, rows, curves, _ = built
+    config, rows, curves, raw = built
     assert [r["pipeline"] for r in rows] == list(bench.PIPELINES)
     for row in rows:
         assert set(bench.COLUMNS) <= row.keys() and row["encoder"] == "tiny"
@@ -63,7 +62,25 @@ def test_row_schema(built):
     assert {r["pipeline"]: r["n_test"] for r in rows[1:]} == {
         "SEaaS-SC": 2, "SEaaS-DS": 2, "REaaS-BC": 3, "REaaS-SC": 3, "REaaS-SC one-query": 3}
     assert set(curves) == set(bench.PIPELINES[1:])
+    by_name = {r["pipeline"]: r for r in rows}
+    assert by_name["REaaS-BC"]["sigma"] is None and by_name["REaaS-SC"]["sigma"] == raw["sigma_f"] > 0
+    for name in ("SEaaS-SC", "SEaaS-DS"):  # sigma chosen from the grid on validation, tuning queries counted
+        choice = raw["choices"][name]
+        assert by_name[name]["sigma"] == choice["sigma"] in config.image_sigmas
+        assert [e["sigma"] for e in choice["table"]] == list(config.image_sigmas)
+        assert by_name[name]["tuning_queries_per_train_input"] == choice["queries"] / config.num_train > 0
+    for row in rows[1:]:
+        assert row["certified_accuracy_0"] is not None and not math.isnan(row["clean_accuracy"])
 
+
+def test_clean_accuracy_is_the_base_classifier_on_the_clean_image(built):
+    config, rows, _, raw = built
+    for name in ("SEaaS-SC", "SEaaS-DS"):
+        certified = raw[name]["rows"]
+        assert all("clean_prediction" in r for r in certified)
+        assert raw[name]["summary"]["clean_accuracy"] == pytest.approx(
+            np.mean([r["clean_prediction"] == r["label"] for r in certified]))
+        assert raw[f"{name} clean queries"] == config.seaas_num_test
 
 def test_query_counts_follow_the_protocol(built):
     config, rows, _, raw = built
@@ -74,7 +91,7 @@ def test_query_counts_follow_the_protocol(built):
             assert row["queries"] == (2 if row["feature_radius"] > 0 else 1)
     assert all(row["queries"] == 1 for row in raw["REaaS-SC one-query"]["rows"])
     assert by_name["REaaS-SC one-query"]["queries_per_test_input"] == 1
-    assert by_name["SEaaS-SC"]["queries_per_train_input"] == config.seaas_copies
+    assert by_name["SEaaS-SC"]["queries_per_train_input"] == config.seaas_copies  # all num_train images
     assert all(row["queries"] == config.n0 + config.seaas_n for row in raw["SEaaS-SC"]["rows"])
     assert by_name["SEaaS-SC"]["queries_per_test_input"] == config.n0 + config.seaas_n
     assert by_name["SEaaS-DS"]["queries_per_train_input"] == 1
@@ -164,17 +181,49 @@ def test_semantic_rows_cost_one_query_per_certified_input(built):
     assert markdown.count("| encoder | kind |") == 2 and "certified_0.2" in markdown  # contrast's levels
 
 
-def test_reference_row_is_journaled(built):
+def test_white_box_rows_are_journaled(built):
     config, *_ = built
     logged = []
-    row, (correct, radii) = bench.reference_row(config, log=logged.append)
-    assert row["queries_per_test_input"] == 0 and row["bytes_per_test_input"] == 0
-    assert row["n_test"] == config.reference_num_test and len(radii) == len(correct) == row["n_test"]
-    assert math.isclose(row["acr"], average_certified_radius(correct, radii))
-    assert any("CNN trained" in line for line in logged)
+    rows, curves = bench.reference_rows(config, log=logged.append)
+    sigma_rows = [f"{bench.REFERENCE}, sigma {s:g}" for s in config.image_sigmas]
+    assert [r["pipeline"] for r in rows] == [*sigma_rows, bench.REFERENCE_BEST]
+    for row in rows[:-1]:
+        correct, radii = curves[row["pipeline"]]
+        assert row["queries_per_test_input"] == 0 and row["bytes_per_test_input"] == 0
+        assert row["n_test"] == config.reference_num_test == len(radii)
+        assert math.isclose(row["acr"], average_certified_radius(correct, radii))
+        assert row["sigma"] in config.image_sigmas
+    best = rows[-1]
+    for r in bench.RADII:
+        key = report.radius_key(r)
+        assert best[key] == max(row[key] for row in rows[:-1])
+    assert best["acr"] is None and best["clean_accuracy"] is None
+    assert sum("CNN:" in line for line in logged) == len(config.image_sigmas)
     logged.clear()
-    again, _ = bench.reference_row(config, log=logged.append)  # resumed: nothing trained or certified
-    assert again == row and logged == []
+    again, _ = bench.reference_rows(config, log=logged.append)  # resumed: nothing trained or certified
+    assert again == rows and logged == []
+    row, (correct, radii) = bench.lipschitz_row(config, log=logged.append)
+    assert row["n_test"] == config.num_test and row["queries_per_test_input"] == 0
+    assert math.isclose(row["acr"], average_certified_radius(correct, radii))
+    assert row["clean_accuracy"] >= row["certified_accuracy_0"]
+    assert bench.lipschitz_row(config, log=logged.append)[0] == row and sum("AOL" in x for x in logged) == 1
+
+
+def test_encoders_for_other_images_are_refused_or_skipped(tmp_path):
+    model = _tiny_encoder(tmp_path / "tiny.onnx")
+    other = tmp_path / "other.onnx"
+    torch.manual_seed(0)
+    export_encoder(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8)).eval(), other,
+                   {"note": "test"}, input_shape=(3, 32, 32))
+    assert bench.onnx_input_shape(model) == (1, 28, 28) and bench.onnx_input_shape(other) == (3, 32, 32)
+    logged = []
+    config = replace(TINY, robust_model=model, standard_model=model, rocl_model=str(other))
+    assert list(bench.choose_encoders(config, log=logged.append)) == ["robust", "standard"]
+    assert "takes images [3, 32, 32], not fashion-mnist's [1, 28, 28]" in logged[0]
+    assert list(bench.choose_encoders(replace(config, rocl_model=str(model)), log=logged.append)) == [
+        "robust", "standard", "rocl"]
+    with pytest.raises(ValueError, match=r"takes images \[3, 32, 32\] but fashion-mnist images are"):
+        bench.choose_encoders(replace(config, standard_model=other))
 
 
 def test_synbench_scores_are_compared_with_acr(built):
@@ -201,9 +250,11 @@ def test_synbench_scores_are_compared_with_acr(built):
 
 
 def test_cli_flags_override_the_preset():
-    args = bench.build_parser().parse_args(["--quick", "--num-test", "7", "--noise-c", "0.5,2"])
+    args = bench.build_parser().parse_args(["--quick", "--num-test", "7", "--noise-c", "0.5,2",
+                                            "--image-sigmas", "0.12,0.5"])
     config = bench.config_from_args(args)
     assert config.num_test == 7 and config.noise_c == (0.5, 2.0) and config.n == bench.QUICK.n
+    assert config.image_sigmas == (0.12, 0.5)
     assert bench.config_from_args(bench.build_parser().parse_args([])) == bench.FULL
     assert np.all([f"--{name}" in bench.build_parser().format_help()
                    for name in ("quick", "seaas-copies", "curve-method", "perturb-method")])
