@@ -284,7 +284,9 @@ def compare_with_triton(model: Path, config: BenchConfig) -> dict:
                   "--preferred-batch-images", str(config.batch_images)]
     rng = np.random.default_rng(config.seed)
     seconds, processes = config.seconds, config.client_processes
-    with serve("encoder", model, _server_flags(config, threads, config.workers)) as ours_port:
+    # the same compute threads in all: N workers share them (CPUs / N each, as `--workers` does with 0)
+    ours_threads = threads if config.workers == 1 else max(1, threads // config.workers)
+    with serve("encoder", model, _server_flags(config, ours_threads, config.workers)) as ours_port:
         with grpc.insecure_channel(f"{LOOPBACK}:{ours_port}") as channel:
             info = encoder_pb2_grpc.EncoderStub(channel).GetModelInfo(common_pb2.GetModelInfoRequest())
         image = rng.random((1, *info.input_shape), dtype=np.float32)
@@ -333,6 +335,7 @@ def compare_with_triton(model: Path, config: BenchConfig) -> dict:
         "peer": "triton (nvidia-pytriton, ONNX Runtime in the callable, dynamic batching on)",
         "load_generator": config.load_generator,
         "intra_op_threads": threads,
+        "ours_intra_op_threads_per_worker": ours_threads,
         "workers": config.workers,
         "concurrency": rows,
         "encode_over_triton": {c: ratio(r, "ours_encode") for c, r in rows.items()},

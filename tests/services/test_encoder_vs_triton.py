@@ -40,6 +40,7 @@ def _check_report(report: dict, concurrency=("1", "2")) -> None:
     scaling = report["scaling"]
     assert set(scaling["requests_per_s"]) == {"1", "2"} and scaling["over_first"]["1"] == 1
     assert report["workers"] == 1 and report["intra_op_threads"] == 1
+    assert report["ours_intra_op_threads_per_worker"] == 1
 
 
 def test_peer_report_has_every_field_with_a_stand_in_peer(monkeypatch, capsys):
