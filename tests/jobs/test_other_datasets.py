@@ -41,13 +41,16 @@ def cifar(tmp_path_factory):
     data = root / "cifar-10-batches-py"
     data.mkdir()
     _write_cifar10(data)
-    models = {}
-    for name, lam, penalty in (("robust", "0.3", "scale_invariant"), ("standard", "0", "none")):
-        models[name] = root / f"cifar-{name}.onnx"
+    models = {name: root / f"cifar-{name}.onnx" for name in ("standard", "robust")}
+    # the README's recipe: the standard encoder first, then the robust one distilled from it
+    recipes = {"standard": ["--lam", "0", "--penalty", "none"],
+               "robust": ["--mode", "rrm", "--teacher", str(models["standard"]), "--lam", "0.2",
+                          "--penalty", "scale_invariant"]}
+    for name, recipe in recipes.items():
         rc = train_main(["--dataset", "cifar10", "--data-root", str(data), "--epochs", "1",
                          "--batch-size", "32", "--max-steps-per-epoch", "2", "--enc-channels", "4,8",
                          "--enc-strides", "2,2", "--enc-hidden", "16", "--feature-dim", "8", "--moco-k", "64",
-                         "--lam", lam, "--penalty", penalty, "--out-dir", str(root / f"train-{name}"),
+                         *recipe, "--out-dir", str(root / f"train-{name}"),
                          "--no-progress", "--threads", "1", "--export", str(models[name])])
         assert rc == 0
     return root, data, models["robust"], models["standard"]
