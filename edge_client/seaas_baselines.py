@@ -111,23 +111,28 @@ def build_dncnn(in_channels: int, config: DenoiserConfig):
 
 def train_denoiser(images: np.ndarray, config: DenoiserConfig = DenoiserConfig(),
                    surrogate: Callable | None = None,
-                   progress: Callable[[str, int, float], None] | None = None):
+                   progress: Callable[[str, int, float], None] | None = None,
+                   checkpoint: str | os.PathLike | None = None):
     """Train a DnCNN on images [N, C, H, W] in [0, 1] with MSE, then optionally the stability loss.
 
     With ``config.validation_fraction > 0`` the MSE phase runs to convergence: a seeded share of the images is
     held out (fixed noise) and training stops at its validation-MSE plateau, keeping the best epoch
     (``edge_client.early_stopping``; ``progress("validation", epoch, mse)``). ``surrogate`` is a
     differentiable torch callable images -> logits standing in for g(f(.)); it is required when
-    ``config.stability_epochs > 0``. Returns the torch module in eval mode.
+    ``config.stability_epochs > 0``. With ``checkpoint`` (a file path) the early-stopping MSE phase is
+    resumable per epoch (``edge_client.early_stopping.EpochCheckpoint``; needs ``validation_fraction > 0``);
+    the stability epochs after it are not checkpointed. Returns the torch module in eval mode.
     """
     import torch
     import torch.nn.functional as F
 
-    from edge_client.early_stopping import early_stopping_fit
+    from edge_client.early_stopping import EpochCheckpoint, early_stopping_fit, training_key
     from edge_client.training import split_train_validation
 
     if config.stability_epochs and surrogate is None:
         raise ValueError("the stability loss needs a differentiable surrogate classifier")
+    if checkpoint is not None and not config.validation_fraction > 0:
+        raise ValueError("a checkpoint covers the early-stopping phase: needs validation_fraction > 0")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -174,8 +179,10 @@ def train_denoiser(images: np.ndarray, config: DenoiserConfig = DenoiserConfig()
             if progress is not None:
                 progress("validation", epoch, mse)
 
+        saving = None if checkpoint is None else EpochCheckpoint(
+            checkpoint, training_key(config, images), {"optimizer": optimizer, "generator": gen})
         early_stopping_fit(model, lambda epoch: epoch_of("mse", epoch), validation_mse, config.epochs,
-                           config.patience, config.min_improvement, report)
+                           config.patience, config.min_improvement, report, saving)
     else:
         for epoch in range(config.epochs):
             model.train()

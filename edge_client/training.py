@@ -7,8 +7,12 @@ carved from the training features, never on test inputs.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -54,8 +58,16 @@ def selection_rows(num: int, selection_images: int = 12_000, validation_fraction
 
 
 def train_mlp(features: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig(),
-              num_classes: int | None = None, progress: Callable[[int, float], None] | None = None) -> MLP:
-    """Train an MLP on raw features [N, D] and labels [N]; ``progress(epoch, mean_loss)`` after each epoch."""
+              num_classes: int | None = None, progress: Callable[[int, float], None] | None = None,
+              checkpoint: str | os.PathLike | None = None) -> MLP:
+    """Train an MLP on raw features [N, D] and labels [N]; ``progress(epoch, mean_loss)`` after each epoch.
+
+    With ``checkpoint`` (an .npz path) the state after every epoch (weights, Adam moments, step, RNG state,
+    losses) is written there atomically, and a run finding a checkpoint of the same training (config, class
+    count, features and labels) resumes after its last epoch with a bit-identical result; ``progress`` is
+    replayed for the restored epochs. Another training's checkpoint is ignored and overwritten. The file is
+    kept after the last epoch, so a re-run returns the trained MLP without training.
+    """
     features = np.asarray(features, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = int(num_classes or labels.max() + 1)
@@ -68,8 +80,14 @@ def train_mlp(features: np.ndarray, labels: np.ndarray, config: TrainConfig = Tr
     moment1 = [np.zeros_like(p) for p in params]
     moment2 = [np.zeros_like(p) for p in params]
     steps_per_epoch = max(1, int(np.ceil(len(labels) / config.batch_size)))
-    total_steps, step = config.epochs * steps_per_epoch, 0
-    for epoch in range(config.epochs):
+    total_steps, step, history = config.epochs * steps_per_epoch, 0, []
+    if checkpoint is not None:
+        identity = _training_identity(features, labels, config, num_classes)
+        step, history = _resume_mlp(Path(checkpoint), identity, params, moment1, moment2, rng)
+        for epoch, loss in enumerate(history):
+            if progress is not None:
+                progress(epoch, loss)
+    for epoch in range(len(history), config.epochs):
         order = rng.permutation(len(labels))
         losses = []
         for start in range(0, len(labels), config.batch_size):
@@ -91,9 +109,53 @@ def train_mlp(features: np.ndarray, labels: np.ndarray, config: TrainConfig = Tr
                 if config.weight_decay and p.ndim == 2:
                     p *= np.float32(1 - lr * config.weight_decay)
                 p -= (lr * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(np.float32)
+        history.append(float(np.mean(losses)))
+        if checkpoint is not None:
+            _save_mlp_state(Path(checkpoint), identity, params, moment1, moment2, step, history, rng)
         if progress is not None:
-            progress(epoch, float(np.mean(losses)))
+            progress(epoch, history[-1])
     return MLP(tuple(params[0::2]), tuple(params[1::2]), model.center, model.input_scale, model.spread)
+
+
+def _training_identity(features: np.ndarray, labels: np.ndarray, config: TrainConfig,
+                       num_classes: int) -> str:
+    """sha256 of everything a train_mlp run depends on: config, class count, features and labels."""
+    digest = hashlib.sha256(repr((sorted(asdict(config).items()), num_classes, features.shape,
+                                  labels.shape)).encode())
+    digest.update(np.ascontiguousarray(features).data)
+    digest.update(np.ascontiguousarray(labels).data)
+    return digest.hexdigest()
+
+
+def _save_mlp_state(path: Path, identity: str, params: list[np.ndarray], moment1: list[np.ndarray],
+                    moment2: list[np.ndarray], step: int, history: list[float], rng: np.random.Generator
+                    ) -> None:
+    """The training state after an epoch, written to ``path`` atomically (tmp file, then rename)."""
+    arrays = {f"{kind}{i}": a for kind, group in (("p", params), ("m", moment1), ("v", moment2))
+              for i, a in enumerate(group)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, identity=np.array(identity), step=np.array(step, np.int64),
+                 history=np.array(history, np.float64), rng=np.array(json.dumps(rng.bit_generator.state)),
+                 **arrays)
+    os.replace(tmp, path)
+
+
+def _resume_mlp(path: Path, identity: str, params: list[np.ndarray], moment1: list[np.ndarray],
+                moment2: list[np.ndarray], rng: np.random.Generator) -> tuple[int, list[float]]:
+    """Load a checkpoint of this training into the arrays and ``rng`` in place; (step, loss history), or
+    (0, []) when ``path`` is absent or holds another training."""
+    if not path.is_file():
+        return 0, []
+    with np.load(path) as saved:
+        if str(saved["identity"]) != identity:
+            return 0, []
+        for kind, group in (("p", params), ("m", moment1), ("v", moment2)):
+            for i, a in enumerate(group):
+                a[...] = saved[f"{kind}{i}"]
+        rng.bit_generator.state = json.loads(str(saved["rng"]))
+        return int(saved["step"]), [float(v) for v in saved["history"]]
 
 
 def _loss_and_grads(params: list[np.ndarray], x: np.ndarray, labels: np.ndarray

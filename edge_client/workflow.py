@@ -172,7 +172,8 @@ def train_downstream(encoder: EncoderClient, images: np.ndarray, labels: np.ndar
                      cache_dir: str | os.PathLike | None = None, dataset: str = "",
                      num_classes: int | None = None, fetch_batch: int = 4096,
                      on_fetch: Callable[[int], None] | None = None,
-                     progress: Callable[[int, float], None] | None = None) -> Downstream:
+                     progress: Callable[[int, float], None] | None = None,
+                     checkpoint: str | os.PathLike | None = None) -> Downstream:
     """Fetch the features of training images [N, C, H, W] (labels [N]) and train the downstream MLP on them.
 
     With ``cache_dir`` the features are kept under (``dataset``, train rows 0..N-1, encoder, variant), so
@@ -180,6 +181,7 @@ def train_downstream(encoder: EncoderClient, images: np.ndarray, labels: np.ndar
     reports what fetching cost. REaaS chooses c on a seeded subset of ``selection_images`` training features
     at half the epochs (at least 5). ``on_fetch(n)`` runs after each Encode call of at most ``fetch_batch``
     clean images, with the images fetched so far; ``progress(epoch, loss)`` after each training epoch.
+    ``checkpoint``: the final MLP's per-epoch checkpoint (``train_mlp``), so a killed run resumes it.
     """
     config = config or DownstreamConfig()
     images, labels = np.asarray(images), np.asarray(labels)
@@ -202,7 +204,8 @@ def train_downstream(encoder: EncoderClient, images: np.ndarray, labels: np.ndar
     else:
         noise_c = float(config.noise_c_grid[0])
     mlp = train_mlp(features, labels, replace(config.train, noise_c=noise_c),
-                    num_classes=num_classes or int(labels.max()) + 1, progress=progress)
+                    num_classes=num_classes or int(labels.max()) + 1, progress=progress,
+                    checkpoint=checkpoint)
     digest = hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest()
     return Downstream(mlp, noise_c, len(images), queries, num_bytes, sha, config.baseline, digest, cached,
                       table)

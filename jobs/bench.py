@@ -17,6 +17,13 @@ White-box rows (no service): a smoothed CNN per image sigma (trained on noisy im
 with, per radius, the best of them, and a deterministic CNN that is 1-Lipschitz by construction (AOL layers,
 certified by margin / (√2·L)). Clean accuracy is the base classifier on the clean image in every row.
 Writes ``results/bench.md``, ``results/bench.json`` and ``results/bench.png``; journals make it resumable.
+
+Every long training step is resumable per epoch too: the SEaaS-SC MLP, the sigma-selection MLPs, the DnCNN
+denoisers and the white-box CNNs save their state after each epoch to a checkpoint in ``<out>/journals``
+(named by a hash of the step's configuration; the file also holds a hash of the training data and is ignored
+when it belongs to another training), and a killed bench continues from the last finished epoch with a
+bit-identical result. Checkpoints are kept when a step finishes: a re-run (say, one killed during
+certification) then gets the trained model back without training. Delete them to train again.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -42,9 +50,11 @@ from edge_client.seaas_baselines import (
     DenoiserConfig,
     OnnxDenoiser,
     certify_image,
+    export_denoiser_onnx,
     fetch_noisy_training_features,
     image_classifier,
     noisy_variant,
+    train_denoiser,
 )
 from edge_client.semantic import KINDS as SEMANTIC_KINDS
 from edge_client.semantic import LEVELS as SEMANTIC_LEVELS
@@ -57,7 +67,6 @@ from edge_client.workflow import (
     certify_semantic,
     certify_subset,
     evaluation_subset,
-    train_denoiser_onnx,
     train_downstream,
 )
 from jobs import report, steps
@@ -276,7 +285,12 @@ def denoiser_for(config: BenchConfig, sigma: float, rows: np.ndarray | None = No
         if phase == "validation":
             history.append(value)
 
-    train_denoiser_onnx(images[rows], dconfig, path, progress=progress)
+    checkpoint = config.out / "journals" / f"dncnn-{key}.ckpt"  # shared by the encoders, like the denoiser
+    model = train_denoiser(images[rows], dconfig, progress=progress, checkpoint=checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        export_denoiser_onnx(model, path, tuple(images.shape[1:]))
     best = int(np.argmin(history)) if history else -1
     info = {"sigma": sigma, "epochs_run": len(history), "best_epoch": best + 1, "validation_mse": history,
             "seconds": time.perf_counter() - started, "num_images": len(rows)}
@@ -341,7 +355,8 @@ def choose_image_sigma(baseline: str, encoder, config: BenchConfig, num_classes:
             everything, _, _ = cache.get_or_fetch(key, lambda: encoder.encode(images), measure)
             features, fit_labels, fetched, fetched_bytes = everything[train_rows], labels[train_rows], 0, 0
             denoiser = OnnxDenoiser(denoiser_for(config, sigma, train_rows, log), threads=config.threads)
-        mlp = train_mlp(features, fit_labels, schedule, num_classes=num_classes)
+        mlp = train_mlp(features, fit_labels, schedule, num_classes=num_classes,
+                        checkpoint=record.with_name(f"{record.stem}-mlp-sigma{sigma:g}.npz"))
         smoothing = SmoothingConfig(sigma=sigma, n0=config.n0, n=config.selection_n, alpha=config.alpha,
                                     batch_size=4_096)
         before = measure()
@@ -443,10 +458,12 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig,
             raw["choices"][name] = choice
             timed(f"{name} sigma selection", started)
             sigma = choice["sigma"]
-            if name == "SEaaS-SC":
-                fitted = fit(name, DownstreamConfig(baseline="seaas-sc", image_sigma=sigma,
-                                                    copies=config.seaas_copies, train=train),
-                             num_classes=num_classes)
+            if name == "SEaaS-SC":  # 1.5 M rows at full size: resumable per epoch
+                dconfig = DownstreamConfig(baseline="seaas-sc", image_sigma=sigma, copies=config.seaas_copies,
+                                           train=train)
+                key = _key(encoder.pin.sha256 or "", asdict(dconfig), config.num_train, data)
+                fitted = fit(name, dconfig, num_classes=num_classes,
+                             checkpoint=journals / f"mlp-SEaaS-SC-{key}.npz")
                 denoiser_path, denoiser = "", None
             else:
                 started = time.perf_counter()
@@ -620,7 +637,9 @@ def reference_rows(config: BenchConfig, log: Callable[[str], None] = print) -> t
                 smoothing: SmoothingConfig = smoothing) -> dict:
             images, labels = steps.training_images(data, config.num_train)
             started = time.perf_counter()
-            model, training = train_reference(images, labels, rconfig)
+            key = _key(asdict(rconfig), config.dataset, config.data_root, config.num_train)
+            checkpoint = config.out / "journals" / f"reference-cnn-{key}.ckpt"
+            model, training = train_reference(images, labels, rconfig, checkpoint=checkpoint)
             seconds = time.perf_counter() - started
             log(f"[reference sigma {rconfig.sigma:g}] CNN: {training.describe()}, {seconds:.0f} s")
             certify_reference(model, subset.indices[todo], subset.images[todo], subset.labels[todo],
@@ -671,7 +690,9 @@ def lipschitz_row(config: BenchConfig, log: Callable[[str], None] = print) -> tu
     def run(todo: list[int], append: Callable[[dict], None]) -> dict:
         images, labels = steps.training_images(data, config.num_train)
         started = time.perf_counter()
-        model, training = train_lipschitz_cnn(images, labels, lconfig)
+        key = _key(asdict(lconfig), config.dataset, config.data_root, config.num_train)
+        checkpoint = config.out / "journals" / f"lipschitz-cnn-{key}.ckpt"
+        model, training = train_lipschitz_cnn(images, labels, lconfig, checkpoint=checkpoint)
         seconds = time.perf_counter() - started
         log(f"[lipschitz] AOL CNN: {training.describe()}, {seconds:.0f} s")
         certify_lipschitz(model, subset.indices[todo], subset.images[todo], subset.labels[todo],

@@ -17,13 +17,14 @@ CE(t·(z - u·1_y)): the offset u asks for margin u, i.e. a certified radius u /
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from edge_client.early_stopping import early_stopping_fit
+from edge_client.early_stopping import EpochCheckpoint, early_stopping_fit, training_key
 
 PROVEN_LIPSCHITZ = 1.0  # of the logits, ℓ2 -> ℓ2, by construction (AOL layers, ReLU, Flatten)
 
@@ -142,9 +143,11 @@ def offset_cross_entropy(logits, targets, config: LipschitzConfig):
 
 
 def train_lipschitz_cnn(images: np.ndarray, labels: np.ndarray, config: LipschitzConfig = LipschitzConfig(),
-                        progress: Callable[[int, float], None] | None = None):
+                        progress: Callable[[int, float], None] | None = None,
+                        checkpoint: str | os.PathLike | None = None):
     """Train the AOL CNN on clean images [N, C, H, W] (Adam, offset cross-entropy) until the validation loss
-    plateaus; returns (frozen model in eval mode, TrainingReport)."""
+    plateaus; returns (frozen model in eval mode, TrainingReport). With ``checkpoint`` (a file path)
+    resumable per epoch (``edge_client.early_stopping.EpochCheckpoint``)."""
     import torch
 
     from edge_client.training import split_train_validation
@@ -177,8 +180,10 @@ def train_lipschitz_cnn(images: np.ndarray, labels: np.ndarray, config: Lipschit
                 total += float(offset_cross_entropy(model(data[rows]), targets[rows], config)) * len(rows)
             return total / max(len(val_idx), 1)
 
+    saving = None if checkpoint is None else EpochCheckpoint(
+        checkpoint, training_key(config, images, labels), {"optimizer": optimizer, "generator": gen})
     report = early_stopping_fit(model, step, validation_loss, config.max_epochs, config.patience,
-                                config.min_improvement, progress)
+                                config.min_improvement, progress, saving)
     return frozen(model), report
 
 

@@ -12,13 +12,14 @@ eager torch for 28x28 inputs on CPU.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from edge_client.early_stopping import early_stopping_fit
+from edge_client.early_stopping import EpochCheckpoint, early_stopping_fit, training_key
 from edge_client.smoothing import SmoothingConfig, certify, input_rng
 
 
@@ -54,9 +55,11 @@ def build_cnn(config: ReferenceConfig, num_classes: int = 10,
 
 
 def train_reference(images: np.ndarray, labels: np.ndarray, config: ReferenceConfig = ReferenceConfig(),
-                    progress: Callable[[int, float], None] | None = None):
+                    progress: Callable[[int, float], None] | None = None,
+                    checkpoint: str | os.PathLike | None = None):
     """Train the CNN on images [N, C, H, W] with N(0, sigma^2) noise (Adam, cross-entropy) until the noisy
-    validation loss plateaus; returns (model in eval mode, TrainingReport). ``progress(epoch, val_loss)``."""
+    validation loss plateaus; returns (model in eval mode, TrainingReport). ``progress(epoch, val_loss)``;
+    with ``checkpoint`` (a file path) resumable per epoch (``edge_client.early_stopping.EpochCheckpoint``)."""
     import torch
     import torch.nn.functional as F
 
@@ -90,8 +93,10 @@ def train_reference(images: np.ndarray, labels: np.ndarray, config: ReferenceCon
             return float(sum(F.cross_entropy(model(val_x[s:s + 4096]), val_y[s:s + 4096], reduction="sum")
                              for s in range(0, len(val_y), 4096)) / max(len(val_y), 1))
 
+    saving = None if checkpoint is None else EpochCheckpoint(
+        checkpoint, training_key(config, images, labels), {"optimizer": optimizer, "generator": gen})
     report = early_stopping_fit(model, step, validation_loss, config.max_epochs, config.patience,
-                                config.min_improvement, progress)
+                                config.min_improvement, progress, saving)
     return model, report
 
 

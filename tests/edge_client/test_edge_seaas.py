@@ -107,3 +107,25 @@ def test_denoiser_trains_to_its_validation_plateau():
     validation = [value for phase, _, value in seen if phase == "validation"]
     assert 2 <= len(validation) < config.epochs  # stopped at the plateau, not at max epochs
     assert sum(phase == "mse" for phase, _, _ in seen) == len(validation)
+
+
+def test_a_killed_denoiser_training_resumes_from_its_checkpoint_bit_identically(tmp_path):
+    torch = pytest.importorskip("torch")
+    from edge_client.seaas_baselines import DenoiserConfig, train_denoiser
+
+    images = np.random.default_rng(2).random((48, 1, 8, 8)).astype(np.float32)
+    config = DenoiserConfig(sigma=0.25, depth=3, channels=4, epochs=4, batch_size=16,
+                            validation_fraction=0.25, patience=4, seed=0)
+
+    def kill(phase: str, epoch: int, value: float) -> None:
+        if phase == "validation" and epoch == 1:
+            raise KeyboardInterrupt
+
+    reference = train_denoiser(images, config).state_dict()
+    with pytest.raises(KeyboardInterrupt):
+        train_denoiser(images, config, progress=kill, checkpoint=tmp_path / "dncnn.ckpt")
+    trained = []
+    resumed = train_denoiser(images, config, checkpoint=tmp_path / "dncnn.ckpt",
+                             progress=lambda phase, epoch, value: trained.append((phase, epoch)))
+    assert [e for phase, e in trained if phase == "mse"] == [2, 3]  # only the epochs the kill left
+    assert all(torch.equal(reference[k], v) for k, v in resumed.state_dict().items())

@@ -209,6 +209,26 @@ def test_white_box_rows_are_journaled(built):
     assert bench.lipschitz_row(config, log=logged.append)[0] == row and sum("AOL" in x for x in logged) == 1
 
 
+def test_long_training_steps_leave_per_epoch_checkpoints_in_the_journals(built):
+    config, *_ = built
+    journals = config.out / "journals"
+    bench.reference_rows(config, log=lambda _: None)  # journaled: trains only if an earlier test did not
+    row, curve = bench.lipschitz_row(config, log=lambda _: None)
+    sigmas = len(config.image_sigmas)
+    assert len(list((journals / "tiny").glob("mlp-SEaaS-SC-*.npz"))) == 1
+    for baseline in ("SEaaS-SC", "SEaaS-DS"):
+        assert len(list((journals / "tiny").glob(f"select-{baseline}-*-mlp-sigma*.npz"))) == sigmas
+    assert len(list(journals.glob("dncnn-*.ckpt"))) == sigmas + 1  # one per selection sigma, the final one
+    assert len(list(journals.glob("reference-cnn-*.ckpt"))) == sigmas
+    assert len(list(journals.glob("lipschitz-cnn-*.ckpt"))) == 1
+    for path in journals.glob("lipschitz-cnn-*.jsonl"):  # killed after training: the checkpoint is the CNN
+        path.unlink()
+    logged = []
+    again, again_curve = bench.lipschitz_row(config, log=logged.append)
+    assert again["acr"] == row["acr"] and np.array_equal(again_curve[1], curve[1])
+    assert sum("AOL" in line for line in logged) == 1
+
+
 def test_encoders_for_other_images_are_refused_or_skipped(tmp_path):
     model = _tiny_encoder(tmp_path / "tiny.onnx")
     other = tmp_path / "other.onnx"
