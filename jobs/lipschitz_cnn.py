@@ -1,9 +1,7 @@
 """The bench's deterministic white-box reference: a CNN that is 1-Lipschitz (ℓ2) by construction.
 
-Every layer is an AOL layer (almost-orthogonal; Prach & Lampert 2022): a free parameter P rescaled by
-D = diag(Σ_j |PᵀP|_ij)^(-1/2), so that ‖P·D‖₂ ≤ 1. For a convolution the sum runs over all channel pairs and
-all kernel shifts, V = conv2d(Pᵀ, Pᵀ, padding = k - 1); a strided or zero-padded convolution is a
-restriction of the stride-1 convolution on the whole plane, so the bound holds for it too. ReLU and Flatten
+Every Conv2d / Linear is an AOL layer (almost-orthogonal; Prach & Lampert 2022; ``services.trainer.aol``,
+shared with the trainer's AOL encoders), of operator norm ≤ 1 by construction. ReLU and Flatten
 are 1-Lipschitz, so the logits z(x) are 1-Lipschitz and every logit difference z_y - z_j is √2-Lipschitz:
 the prediction cannot change within ℓ2 radius margin / (√2·L), L = 1 (proven, no sampling). No input
 normalization is applied (it would multiply L by 1/std). The scaling folds into the weights, so the network
@@ -47,91 +45,40 @@ class LipschitzConfig:
     seed: int = 0
 
 
-def aol_conv_scale(kernel):
-    """AOL rescaling d [in] of a conv kernel [out, in, k, k]: d_c = (Σ_{c',u} |V_{c,c'}(u)|)^(-1/2),
-    V = conv2d(Pᵀ, Pᵀ, padding = k - 1) (the kernel's Gram over all shifts)."""
-    import torch.nn.functional as F
-
-    k = kernel.shape[-1]
-    transposed = kernel.transpose(0, 1)  # [in, out, k, k]
-    gram = F.conv2d(transposed, transposed, padding=k - 1)  # [in, in, 2k-1, 2k-1]
-    return gram.abs().sum(dim=(1, 2, 3)).clamp_min(1e-12).rsqrt()
-
-
-def aol_dense_scale(weight):
-    """AOL rescaling d [in] of a dense weight [out, in]: d_i = (Σ_j |(PᵀP)_ij|)^(-1/2)."""
-    return (weight.T @ weight).abs().sum(dim=1).clamp_min(1e-12).rsqrt()
-
-
 def build_aol_cnn(config: LipschitzConfig, num_classes: int = 10,
                   input_shape: tuple[int, int, int] = (1, 28, 28)):
     """AOL conv stack (3x3; stride 1, then 2, 2, …) with ReLU, Flatten, AOL dense, ReLU, AOL dense:
-    images [B, C, H, W] in [0, 1] -> logits [B, num_classes], 1-Lipschitz by construction."""
-    import torch
-    import torch.nn.functional as F
+    images [B, C, H, W] in [0, 1] -> logits [B, num_classes], 1-Lipschitz by construction (the layers of
+    ``services.trainer.aol``, zero biases)."""
     from torch import nn
 
-    class AOLConv2d(nn.Module):
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3))
-            nn.init.orthogonal_(self.weight.view(c_out, -1))
-            self.bias = nn.Parameter(torch.zeros(c_out))
-            self.stride = stride
-
-        def effective_weight(self):
-            return self.weight * aol_conv_scale(self.weight)[None, :, None, None]
-
-        def forward(self, x):
-            return F.conv2d(x, self.effective_weight(), self.bias, stride=self.stride, padding=1)
-
-    class AOLLinear(nn.Module):
-        def __init__(self, n_in: int, n_out: int) -> None:
-            super().__init__()
-            self.weight = nn.Parameter(torch.empty(n_out, n_in))
-            nn.init.orthogonal_(self.weight)
-            self.bias = nn.Parameter(torch.zeros(n_out))
-
-        def effective_weight(self):
-            return self.weight * aol_dense_scale(self.weight)[None, :]
-
-        def forward(self, x):
-            return F.linear(x, self.effective_weight(), self.bias)
+    from services.trainer.aol import make_aol
 
     layers: list[nn.Module] = []
     c_in, (_, height, width) = input_shape[0], input_shape
     for i, c_out in enumerate(config.channels):
         stride = 1 if i == 0 else 2
-        layers += [AOLConv2d(c_in, c_out, stride), nn.ReLU()]
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
         c_in = c_out
         if stride == 2:
             height, width = (height + 1) // 2, (width + 1) // 2
-    layers += [nn.Flatten(), AOLLinear(c_in * height * width, config.hidden), nn.ReLU(),
-               AOLLinear(config.hidden, num_classes)]
-    return nn.Sequential(*layers)
+    layers += [nn.Flatten(), nn.Linear(c_in * height * width, config.hidden), nn.ReLU(),
+               nn.Linear(config.hidden, num_classes)]
+    model = nn.Sequential(*layers)
+    for layer in model:
+        if getattr(layer, "bias", None) is not None:
+            nn.init.zeros_(layer.bias)
+    return make_aol(model)
 
 
 def frozen(model):
-    """A plain nn.Sequential with the AOL scaling folded into ordinary Conv2d / Linear weights (same
+    """A copy with the AOL scaling folded into ordinary Conv2d / Linear weights, in eval mode (same
     function; what is exported and certified)."""
-    import torch
-    from torch import nn
+    import copy
 
-    out = []
-    with torch.no_grad():
-        for layer in model:
-            if hasattr(layer, "effective_weight"):
-                weight = layer.effective_weight()
-                if weight.ndim == 4:
-                    plain = nn.Conv2d(weight.shape[1], weight.shape[0], 3, stride=layer.stride, padding=1)
-                else:
-                    plain = nn.Linear(weight.shape[1], weight.shape[0])
-                plain.weight.copy_(weight)
-                plain.bias.copy_(layer.bias)
-                out.append(plain)
-            else:
-                out.append(layer)
-    return nn.Sequential(*out).eval()
+    from services.trainer.export import strip_parametrizations
+
+    return strip_parametrizations(copy.deepcopy(model)).eval()
 
 
 def offset_cross_entropy(logits, targets, config: LipschitzConfig):

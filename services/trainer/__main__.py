@@ -20,6 +20,7 @@ import torch
 from reaas.datasets import LOADERS
 from services.trainer.augment import AugmentConfig
 from services.trainer.data import input_statistics, load_images, train_val_split
+from services.trainer.aol import LAYER_KINDS
 from services.trainer.encoders import EncoderConfig
 from services.trainer.export import (
     export_onnx,
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enc-hidden", type=int, default=e.hidden_dim)
     p.add_argument("--feature-dim", type=int, default=e.feature_dim)
     p.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv (folded at export)")
+    p.add_argument("--enc-layers", choices=LAYER_KINDS, default=e.layers,
+                   help="'aol': almost-orthogonal conv / dense layers, 1-Lipschitz by construction (the encoder's "
+                        "bound is then at most 1 / std of its input normalization); 'plain': ordinary layers")
     p.add_argument("--moco-dim", type=int, default=m.proj_dim, help="projection head output size")
     p.add_argument("--moco-k", type=int, default=m.queue_size, help="queue length")
     p.add_argument("--moco-m", type=float, default=m.momentum, help="key encoder momentum")
@@ -135,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             hidden_dim=args.enc_hidden,
             feature_dim=args.feature_dim,
             batch_norm=args.batch_norm,
+            layers=args.enc_layers,
         ),
         moco=MocoConfig(
             proj_dim=args.moco_dim, queue_size=args.moco_k, momentum=args.moco_m, temperature=args.moco_t

@@ -1,4 +1,5 @@
-"""Small CNN encoder family that the bound engine supports: normalization, Conv+ReLU, Flatten, MLP."""
+"""Small CNN encoder family that the bound engine supports: normalization, Conv+ReLU, Flatten, MLP;
+plain layers (trained with the spectral penalty) or AOL layers (1-Lipschitz by construction)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from services.trainer.aol import LAYER_KINDS, make_aol
 
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
@@ -24,12 +27,17 @@ class EncoderConfig:
     batch_norm: bool = False
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
+    layers: str = "plain"  # "aol": every conv / dense layer 1-Lipschitz by construction (services.trainer.aol)
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.strides):
             raise ValueError(f"channels {self.channels} and strides {self.strides} differ in length")
         if self.std <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        if self.layers not in LAYER_KINDS:
+            raise ValueError(f"layers must be one of {LAYER_KINDS}, got {self.layers!r}")
+        if self.layers == "aol" and self.batch_norm:
+            raise ValueError("AOL layers are 1-Lipschitz only without BatchNorm: drop batch_norm")
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable description."""
@@ -95,6 +103,8 @@ class ConvEncoder(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if config.layers == "aol":
+            make_aol(self.net)  # the product of the layer norms is then at most 1 / std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -45,9 +45,17 @@ def fold_batchnorm(encoder: ConvEncoder) -> ConvEncoder:
 
 
 def strip_parametrizations(module: nn.Module) -> nn.Module:
-    """Bake any torch parametrizations (e.g. spectral_norm) into plain weights, in place."""
+    """Bake any torch parametrizations (spectral_norm, AOL) into plain weights, in place.
+
+    Safe on a deep copy: the copy shares torch's generated ``Parametrized*`` class with its original, and
+    removing a parametrization deletes the property from that class, which would break the original too; each
+    module here gets its own copy of the class first.
+    """
     for sub in module.modules():
         if parametrize.is_parametrized(sub):
+            shared = type(sub)
+            namespace = {k: v for k, v in shared.__dict__.items() if k not in ("__dict__", "__weakref__")}
+            sub.__class__ = type(shared.__name__, shared.__bases__, namespace)
             for name in list(sub.parametrizations.keys()):
                 parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
     return module

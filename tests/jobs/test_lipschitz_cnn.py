@@ -13,13 +13,13 @@ torch = pytest.importorskip("torch")
 from jobs.lipschitz_cnn import (  # noqa: E402
     PROVEN_LIPSCHITZ,
     LipschitzConfig,
-    aol_conv_scale,
     build_aol_cnn,
     certify_lipschitz,
     frozen,
     margin_radii,
     train_lipschitz_cnn,
 )
+from services.trainer.aol import aol_conv_scale  # noqa: E402
 
 SMALL = LipschitzConfig(channels=(4, 8), hidden=16, max_epochs=6, patience=2, batch_size=32,
                         learning_rate=0.01, seed=0)
