@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from services.trainer.augment import AugmentConfig, random_view
@@ -172,6 +174,15 @@ def _objective(
     return info_nce(out.logits, out.labels), out.features[: len(x)]
 
 
+def weights_cached(config: TrainConfig) -> contextlib.AbstractContextManager:
+    """For one training step: AOL weights (a parametrization, recomputed at every access: the forward, the
+    clean-spread forward and each power-iteration step; the first dense layer's Gram is [in, in]) computed
+    once. Not under RoCL, whose PGD backpropagates several times through the same weights."""
+    if config.encoder.layers == "aol" and config.mode != "rocl":
+        return parametrize.cached()
+    return contextlib.nullcontext()
+
+
 def train(
     config: TrainConfig,
     images: torch.Tensor,
@@ -248,16 +259,17 @@ def train(
             idx = local[i * config.batch_size : (i + 1) * config.batch_size].to(ctx.device)
             x = images[idx]
             y = labels[idx] if labels is not None else None
-            main, features = _objective(config, core, model, teacher, x, y, gen)
-            if config.spread_batch and config.lam > 0 and config.penalty == "scale_invariant":
-                # S_batch on clean images: on augmented views the penalty is cheaper to game by amplifying
-                # brightness/noise directions (large ℓ2 image changes) instead of the data's own spread.
-                features = encoder(x[: config.spread_batch])
-            log_norms = estimator.log_norms()
-            penalty = spectral_penalty(config.penalty, log_norms, features, config.lam)
-            loss = main + penalty
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with weights_cached(config):  # the first access (the objective's forward) records the graph
+                main, features = _objective(config, core, model, teacher, x, y, gen)
+                if config.spread_batch and config.lam > 0 and config.penalty == "scale_invariant":
+                    # S_batch on clean images: on augmented views the penalty is cheaper to game by amplifying
+                    # brightness/noise directions (large ℓ2 image changes) instead of the data's own spread.
+                    features = encoder(x[: config.spread_batch])
+                log_norms = estimator.log_norms()
+                penalty = spectral_penalty(config.penalty, log_norms, features, config.lam)
+                loss = main + penalty
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             scheduler.step()
             step += 1

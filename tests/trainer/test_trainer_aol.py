@@ -100,3 +100,25 @@ def test_bad_configurations_are_refused():
         make_aol(make_aol(torch.nn.Linear(3, 2)))
     with pytest.raises(ValueError, match="groups 1"):
         make_aol(torch.nn.Conv2d(4, 4, 3, groups=2))
+
+
+def test_caching_the_aol_weights_per_step_changes_nothing(tmp_path, tiny_images, monkeypatch):
+    import contextlib
+
+    from services.trainer import loop
+
+    teacher = tmp_path / "teacher.onnx"
+    export_onnx(build_encoder(replace(AOL, layers="plain")), teacher)
+
+    def run(name: str):
+        config = TrainConfig(mode="rrm", epochs=1, batch_size=16, lr=0.05, warmup_steps=1, lam=0.2,
+                             penalty="scale_invariant", out_dir=str(tmp_path / name), progress=False,
+                             max_steps_per_epoch=3, encoder=AOL)
+        return train(config, tiny_images, teacher_onnx=str(teacher)).encoder.state_dict()
+
+    cached = run("cached")
+    monkeypatch.setattr(loop, "weights_cached", lambda config: contextlib.nullcontext())
+    uncached = run("uncached")
+    assert cached.keys() == uncached.keys()
+    for key in cached:
+        torch.testing.assert_close(cached[key], uncached[key], rtol=1e-5, atol=1e-6)
