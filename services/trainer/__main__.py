@@ -21,7 +21,7 @@ from reaas.datasets import LOADERS
 from services.trainer.augment import AugmentConfig
 from services.trainer.data import input_statistics, load_images, train_val_split
 from services.trainer.aol import LAYER_KINDS
-from services.trainer.encoders import EncoderConfig
+from services.trainer.encoders import ACTIVATIONS, EncoderConfig
 from services.trainer.export import (
     export_onnx,
     hardware_description,
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enc-layers", choices=LAYER_KINDS, default=e.layers,
                    help="'aol': almost-orthogonal conv / dense layers, 1-Lipschitz by construction (the encoder's "
                         "bound is then at most 1 / std of its input normalization); 'plain': ordinary layers")
+    p.add_argument("--enc-activation", choices=ACTIVATIONS, default=e.activation,
+                   help="'maxmin': sort channel pairs (1-Lipschitz, keeps the gradient norm; pairs with AOL "
+                        "layers); 'relu'")
     p.add_argument("--moco-dim", type=int, default=m.proj_dim, help="projection head output size")
     p.add_argument("--moco-k", type=int, default=m.queue_size, help="queue length")
     p.add_argument("--moco-m", type=float, default=m.momentum, help="key encoder momentum")
@@ -140,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             feature_dim=args.feature_dim,
             batch_norm=args.batch_norm,
             layers=args.enc_layers,
+            activation=args.enc_activation,
         ),
         moco=MocoConfig(
             proj_dim=args.moco_dim, queue_size=args.moco_k, momentum=args.moco_m, temperature=args.moco_t

@@ -28,6 +28,7 @@ class EncoderConfig:
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
     layers: str = "plain"  # "aol": every conv / dense layer 1-Lipschitz by construction (services.trainer.aol)
+    activation: str = "relu"  # "maxmin": pairs channel i with i + C/2 -> (max, min); 1-Lipschitz, norm-preserving
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.strides):
@@ -36,6 +37,10 @@ class EncoderConfig:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.layers not in LAYER_KINDS:
             raise ValueError(f"layers must be one of {LAYER_KINDS}, got {self.layers!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation == "maxmin" and any(c % 2 for c in (*self.channels, self.hidden_dim)):
+            raise ValueError("maxmin pairs channels: every conv width and hidden_dim must be even")
         if self.layers == "aol" and self.batch_norm:
             raise ValueError("AOL layers are 1-Lipschitz only without BatchNorm: drop batch_norm")
 
@@ -74,6 +79,28 @@ class Normalize(nn.Module):
         return (images - self.mean) / self.std
 
 
+ACTIVATIONS = ("relu", "maxmin")
+
+
+class MaxMin(nn.Module):
+    """x [B, C, ...] -> [max(a, b), min(a, b)] with (a, b) = the two halves of dim 1: a sort of each pair,
+    1-Lipschitz and gradient-norm preserving (Anil et al., 2019), unlike ReLU, which discards half the signal."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"MaxMin pairs channels: got an odd count {channels}")
+        self.half = channels // 2  # a Python int: exported as Slice with constant bounds, not Shape arithmetic
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x[:, : self.half], x[:, self.half : 2 * self.half]
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
+def _activation(name: str, channels: int) -> nn.Module:
+    return MaxMin(channels) if name == "maxmin" else nn.ReLU()
+
+
 class ConvEncoder(nn.Module):
     """images [B, C, H, W] float32 in [0, 1] -> features [B, feature_dim]."""
 
@@ -81,19 +108,23 @@ class ConvEncoder(nn.Module):
         super().__init__()
         self.config = config
         layers: list[nn.Module] = [Normalize(config.mean, config.std)]
+        # AOL layers shrink the signal (the first dense layer's Gram is [in, in] with in = C·H·W), and learned
+        # biases then dominate it: measured, a distilled AOL student with biases collapsed to a near-constant
+        # output (cosine distance to the teacher stuck at 0.50); without them it reached 0.18 in 240 steps
+        biased = config.layers != "aol"
         c_in = config.in_channels
         for c_out, stride in zip(config.channels, config.strides, strict=False):
-            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not config.batch_norm))
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=biased and not config.batch_norm))
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
-            layers.append(nn.ReLU())
+            layers.append(_activation(config.activation, c_out))
             c_in = c_out
         side = config.spatial_sizes()[-1]
         layers += [
             nn.Flatten(),
-            nn.Linear(c_in * side * side, config.hidden_dim),
-            nn.ReLU(),
-            nn.Linear(config.hidden_dim, config.feature_dim),
+            nn.Linear(c_in * side * side, config.hidden_dim, bias=biased),
+            _activation(config.activation, config.hidden_dim),
+            nn.Linear(config.hidden_dim, config.feature_dim, bias=biased),
         ]
         self.net = nn.Sequential(*layers)
         for m in self.net:

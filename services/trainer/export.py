@@ -156,13 +156,15 @@ def normalize_feature_scale(encoder: ConvEncoder, images: torch.Tensor, batch_si
     """Rescale the last Linear in place so the features of ``images`` have RMS spread 1; return the factor.
 
     The Lipschitz bound scales by the same factor, so L/S is unchanged; it only keeps exported features O(1).
+    A parametrized last layer (AOL: invariant to the scale of its raw weight) is baked into a plain one first.
     """
     from services.trainer.spectral import feature_spread
 
     encoder.eval()
     feats = torch.cat([encoder(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     factor = 1.0 / float(feature_spread(feats.double()))
-    last = [m for m in encoder.net if isinstance(m, nn.Linear)][-1]
+    last = strip_parametrizations([m for m in encoder.net if isinstance(m, nn.Linear)][-1])
     last.weight.mul_(factor)
-    last.bias.mul_(factor)
+    if last.bias is not None:
+        last.bias.mul_(factor)
     return factor

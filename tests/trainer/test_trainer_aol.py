@@ -48,7 +48,7 @@ def test_every_layer_has_operator_norm_at_most_one_and_the_engine_agrees(tmp_pat
     with torch.no_grad():
         for target, source in zip(plain.linear_layers()[1:], encoder.linear_layers()[1:], strict=True):
             target.weight.copy_(source.parametrizations.weight.original)
-            target.bias.copy_(source.bias)
+            target.bias.zero_()  # AOL layers are bias-free
     from reaas.onnx_export import torch_to_onnx
     from services.perturb.engine import BoundEngine
 
@@ -88,7 +88,21 @@ def test_the_cli_writes_the_layer_kind_on_the_card(tmp_path):
     assert rc == 0
     card = json.loads(onnx_path.with_suffix(".json").read_text())
     assert card["architecture"]["layers"] == "aol"
-    assert card["lipschitz_bound_l2"] <= (1 / card["architecture"]["std"]) * (1 + 1e-4)
+    # features rescaled by feature_scale_factor at export: the bound is that factor / std
+    bound = card["feature_scale_factor"] / card["architecture"]["std"]
+    assert 0.05 * bound < card["lipschitz_bound_l2"] <= bound * (1 + 1e-4)
+    # the feature scale was normalized on the training images (the AOL last layer baked first: rescaling its
+    # raw weight would change nothing)
+    import onnxruntime as ort
+
+    from services.trainer.data import load_fashion_mnist
+    from services.trainer.spectral import feature_spread
+
+    images = load_fashion_mnist("train")[0][:256].numpy()
+    features = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        ["features"], {"images": images})[0]
+    assert card["feature_scale_factor"] != pytest.approx(1.0)
+    assert float(feature_spread(torch.as_tensor(features, dtype=torch.float64))) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_bad_configurations_are_refused():
@@ -122,3 +136,30 @@ def test_caching_the_aol_weights_per_step_changes_nothing(tmp_path, tiny_images,
     assert cached.keys() == uncached.keys()
     for key in cached:
         torch.testing.assert_close(cached[key], uncached[key], rtol=1e-5, atol=1e-6)
+
+
+def test_maxmin_sorts_each_channel_pair_and_keeps_the_gradient_norm():
+    from services.trainer.encoders import MaxMin
+
+    x = torch.tensor([[3.0, -1.0, 1.0, 2.0]])  # pairs (3, 1) and (-1, 2)
+    assert MaxMin(4)(x).tolist() == [[3.0, 2.0, 1.0, -1.0]]
+    maps = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(lambda v: MaxMin(6)(v).flatten(), maps[:1]).reshape(96, 96)
+    # a permutation matrix almost everywhere: every singular value is 1 (ReLU would zero about half)
+    torch.testing.assert_close(torch.linalg.svdvals(jacobian), torch.ones(96, dtype=torch.float64))
+
+
+def test_an_aol_maxmin_encoder_stays_below_one_over_std():
+    encoder = build_encoder(replace(AOL, activation="maxmin")).double().eval()
+    with torch.no_grad():
+        for layer in encoder.linear_layers()[1:]:
+            layer.parametrizations.weight.original.add_(torch.randn_like(layer.weight))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        x = torch.rand(1, 1, 28, 28, dtype=torch.float64, generator=gen)
+        jacobian = torch.autograd.functional.jacobian(lambda v: encoder(v).flatten(), x).reshape(8, -1)
+        assert float(torch.linalg.matrix_norm(jacobian, ord=2)) <= 1 / AOL.std + 1e-9
+    with pytest.raises(ValueError, match="must be even"):
+        EncoderConfig(channels=(3, 8), strides=(1, 2), activation="maxmin")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        EncoderConfig(activation="gelu")
