@@ -34,9 +34,14 @@ def describe(card: dict) -> str:
     if mode == "rrm" and training.get("teacher"):
         mode = "distilled"
     label = f"{mode} λ={lam:g} {epochs} ep" if lam else f"{mode} {epochs} ep"
-    channels = card.get("architecture", {}).get("channels")
+    architecture = card.get("architecture", {})
+    channels = architecture.get("channels")
     if channels and list(channels) != [16, 32, 64]:
         label += " wide " + "-".join(str(c) for c in channels)
+    if architecture.get("layers", "plain") != "plain":
+        label += " " + architecture["layers"].upper()
+    if architecture.get("activation", "relu") != "relu":
+        label += " " + architecture["activation"]
     return label
 
 

@@ -51,6 +51,11 @@ def test_labels_name_the_recipe():
                                                   "teacher": "models/fmnist-standard.onnx"},
                                      "architecture": {"channels": [32, 64, 128]}})
     assert label == "distilled λ=0.2 60 ep wide 32-64-128"
+    label = encoder_pareto.describe({"training": {"mode": "rrm", "lam": 0.2, "epochs": 20,
+                                                  "teacher": "models/fmnist-standard.onnx"},
+                                     "architecture": {"channels": [16, 32, 64], "layers": "aol",
+                                                      "activation": "maxmin"}})
+    assert label == "distilled λ=0.2 20 ep AOL maxmin"
 
 
 def test_cli_writes_ledger_and_figure_and_marks_shipped(tmp_path, capsys):
