@@ -122,8 +122,10 @@ def crown_intermediate_bounds(
     pre = sorted({nd.inputs[0] for nd in graph.nodes if nd.kind == "relu"})
     n = ball.x0.shape[0]
     for j in pre:
-        if not deep[j]:
-            continue  # affine in the input: IBP's first-layer bound is already exact
+        if not deep[j] and graph.nodes[j].kind == "affine" and graph.nodes[j].inputs == (0,):
+            continue  # an affine map of the input: IBP's bound is already exact per neuron
+        # (affine in the input through shared affine nodes, e.g. a MaxMin difference of a multi-consumer
+        # node: IBP is interval arithmetic there, CROWN's backward pass is exact)
         lo, hi = bounds[j]
         shape = graph.nodes[j].shape
         flat_lo, flat_hi = lo.reshape(n, -1).clone(), hi.reshape(n, -1).clone()

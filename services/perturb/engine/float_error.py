@@ -22,6 +22,13 @@ downstream two ways, both sound, and the smaller is kept at every node: elementw
 and in ℓ2 through the layer's certified operator norm (ReLU is 1-Lipschitz per element). Residual
 Adds round once more. The input itself is rounded to the format (the client may send float64).
 
+MaxMin (Slice / Max / Min / Concat) is served without rounding: the runtime's output is exactly
+MaxMin(x̂) of its computed input x̂. The bound graph lowers it to swap(x) + split(relu(diff(x))), whose
+nodes the runtime never computes; the lowered "add" (``lipschitz_source`` s) therefore gets MaxMin's
+own error instead of the lowered nodes' charged rounding: elementwise |max(â, b̂) − max(a, b)| ≤
+max(|â − a|, |b̂ − b|) (same for min), and in ℓ2 the pair sort is 1-Lipschitz, so ‖error‖ ≤ ‖error(s)‖.
+The lowered nodes still get an error bound (never read downstream: their only consumer is that add).
+
 Slack for what the runtime may do to the graph: ONNX Runtime folds BatchNorm / Mul / Add into a
 conv's weights in the serving format, which perturbs each weight by a few u; every dot product is
 charged ``FUSION_SLACK`` extra terms (γ_{k+1+8} instead of γ_{k+1}), which dominates such folding.
@@ -43,8 +50,8 @@ import torch
 
 from services.perturb.engine.ball import InputBall
 from services.perturb.engine.ibp import Bounds, interval_bounds
-from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, LinearMap, ReshapeMap, ScaleMap
-from services.perturb.engine.lipschitz import LipschitzInfo, lipschitz_info
+from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, LinearMap, PairMap, ReshapeMap, ScaleMap
+from services.perturb.engine.lipschitz import LipschitzInfo, lipschitz_info, pair_max
 from services.perturb.engine.onnx_graph import BoundGraph
 from services.perturb.engine.operator_norms import certified_norm
 
@@ -78,6 +85,8 @@ def dot_length(lmap: LinearMap) -> int:
     """The largest number of nonzero terms in one output of the map (0 for a pure reshape)."""
     if isinstance(lmap, ReshapeMap):
         return 0
+    if isinstance(lmap, PairMap):  # lowered MaxMin parts (not served; charged as if they were)
+        return 2 if lmap.mode == "diff" else 1
     if isinstance(lmap, ScaleMap):
         return 1
     if isinstance(lmap, Conv2dMap):
@@ -164,6 +173,10 @@ class FloatErrorModel:
                 el, e2 = e, e.flatten(1).norm(dim=1)
             elif n.kind == "relu":
                 el, e2 = elem[n.inputs[0]], l2[n.inputs[0]]
+            elif n.kind == "add" and n.lipschitz_source is not None:  # MaxMin: exact on computed values
+                src = n.lipschitz_source
+                pair = pair_max(elem[src], 1)
+                el, e2 = torch.cat([pair, pair], dim=1), l2[src]
             elif n.kind == "add":
                 a, b = n.inputs
                 local = u * (mag[a] + mag[b]) + tiny

@@ -2,7 +2,9 @@
 
 Affine nodes fed directly by the input are bounded exactly per neuron over the ball
 (``a_i·x0 + b_i ± r‖a_i‖_dual``), intersected with the pixel-box interval; later nodes use interval
-arithmetic. Every node's interval is intersected with ``v(x0) ± L_i · r₂`` (per-neuron Lipschitz).
+arithmetic. Every node's interval is intersected with ``v(x0) ± L_i · r₂`` (per-neuron Lipschitz). A
+lowered MaxMin (an "add" with ``lipschitz_source`` s) is also intersected with the pair sort of node s's
+interval: max(a, b) ∈ [max(lo_a, lo_b), max(hi_a, hi_b)], min(a, b) ∈ [min(lo_a, lo_b), min(hi_a, hi_b)].
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from services.perturb.engine.ball import InputBall
-from services.perturb.engine.lipschitz import LipschitzInfo
+from services.perturb.engine.lipschitz import LipschitzInfo, pair_max, pair_min
 from services.perturb.engine.onnx_graph import BoundGraph
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
@@ -41,6 +43,10 @@ def interval_bounds(
         elif n.kind == "add":
             (l0, h0), (l1, h1) = out[n.inputs[0]], out[n.inputs[1]]
             lo, hi = l0 + l1, h0 + h1
+            if n.lipschitz_source is not None:
+                ls, hs = out[n.lipschitz_source]
+                lo = torch.maximum(lo, torch.cat([pair_max(ls, 1), pair_min(ls, 1)], dim=1))
+                hi = torch.minimum(hi, torch.cat([pair_max(hs, 1), pair_min(hs, 1)], dim=1))
         else:
             pl, ph = out[n.inputs[0]]
             mid, rad = (pl + ph) / 2, (ph - pl) / 2

@@ -1,4 +1,5 @@
-"""Linear maps of one sample's tensor (conv, dense, per-element scale, reshape) and their transposes.
+"""Linear maps of one sample's tensor (conv, dense, per-element scale, reshape, channel pairing) and their
+transposes.
 
 Every map acts on batched tensors ``[N, *in_shape] -> [N, *out_shape]``; ``apply_t`` is the exact
 transpose (used by CROWN's backward pass), ``apply_abs`` multiplies by ``|A|`` elementwise (interval
@@ -146,7 +147,95 @@ class ReshapeMap:
         return self
 
 
-LinearMap = Conv2dMap | DenseMap | ScaleMap | ReshapeMap
+PAIR_MODES = ("diff", "swap", "split")
+
+
+@dataclass(frozen=True)
+class PairMap:
+    """The ±1 maps that lower MaxMin (pairs ``(i, i + h)`` along dim 0 of the per-sample shape, h = C/2).
+
+    With a = x[:h], b = x[h:]: ``diff`` [C, ...] -> [h, ...] is a − b; ``swap`` [C, ...] -> [C, ...] is
+    [b; a]; ``split`` [h, ...] -> [C, ...] is r ↦ [r; −r]. MaxMin(x) = swap(x) + split(relu(diff(x))):
+    first half b + relu(a − b) = max(a, b), second half a − relu(a − b) = min(a, b). ``shape`` is the
+    per-sample shape of the paired (C-channel) side. Exact transposes: diffᵀ = split, swapᵀ = swap.
+    """
+
+    mode: str
+    shape: Shape  # the C-channel side: [C, ...] with C even
+
+    def __post_init__(self) -> None:
+        if self.mode not in PAIR_MODES:
+            raise ValueError(f"mode must be one of {PAIR_MODES}, got {self.mode!r}")
+        if len(self.shape) < 1 or self.shape[0] % 2:
+            raise ValueError(f"PairMap needs an even dim 0, got shape {self.shape}")
+
+    @property
+    def half(self) -> int:
+        return self.shape[0] // 2
+
+    @property
+    def _half_shape(self) -> Shape:
+        return (self.half, *self.shape[1:])
+
+    @property
+    def in_shape(self) -> Shape:
+        return self._half_shape if self.mode == "split" else tuple(self.shape)
+
+    @property
+    def out_shape(self) -> Shape:
+        return self._half_shape if self.mode == "diff" else tuple(self.shape)
+
+    def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.half
+        return x[:, :h], x[:, h:]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "diff":
+            a, b = self._halves(x)
+            return a - b
+        if self.mode == "swap":
+            a, b = self._halves(x)
+            return torch.cat([b, a], dim=1)
+        return torch.cat([x, -x], dim=1)
+
+    def apply_abs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "diff":
+            a, b = self._halves(x)
+            return a + b
+        if self.mode == "swap":
+            return self.apply(x)
+        return torch.cat([x, x], dim=1)
+
+    apply_sq = apply_abs  # every entry is 0 or ±1
+
+    def apply_t(self, y: torch.Tensor) -> torch.Tensor:
+        if self.mode == "diff":
+            return torch.cat([y, -y], dim=1)
+        if self.mode == "swap":
+            return self.apply(y)  # a swap is its own transpose (and inverse)
+        a, b = self._halves(y)
+        return a - b
+
+    def apply_abs_t(self, y: torch.Tensor) -> torch.Tensor:
+        """|A|ᵀ y."""
+        if self.mode == "diff":
+            return torch.cat([y, y], dim=1)
+        if self.mode == "swap":
+            return self.apply(y)
+        a, b = self._halves(y)
+        return a + b
+
+    def to(self, dtype: torch.dtype) -> PairMap:
+        return self
+
+
+LinearMap = Conv2dMap | DenseMap | ScaleMap | ReshapeMap | PairMap
+
+
+def _diff_rows(w: torch.Tensor) -> torch.Tensor:
+    """w[:h] − w[h:] along dim 0 (the output channels / rows paired by a ``diff`` PairMap)."""
+    h = w.shape[0] // 2
+    return w[:h] - w[h:]
 
 
 def compose(first: LinearMap, second: LinearMap) -> LinearMap | None:
@@ -155,6 +244,17 @@ def compose(first: LinearMap, second: LinearMap) -> LinearMap | None:
         return second
     if isinstance(second, ReshapeMap) and second.in_shape == second.out_shape:
         return first
+    if isinstance(second, PairMap) or isinstance(first, PairMap):
+        # only diff ∘ (conv | dense) folds (a conv with the paired output channels subtracted: half the
+        # channels); a swap or split is left as its own node (MaxMin's Lipschitz rule names its input)
+        if isinstance(second, PairMap) and second.mode == "diff" and second.in_shape == first.out_shape:
+            if isinstance(first, Conv2dMap):
+                return Conv2dMap(_diff_rows(first.weight), first.stride, first.pads, first.in_shape)
+            if isinstance(first, DenseMap):
+                w = first.weight.reshape(*first.out_shape, -1)
+                w = _diff_rows(w).reshape(-1, first.weight.shape[1])
+                return DenseMap(w, first.in_shape, second.out_shape)
+        return None
     if isinstance(first, ReshapeMap) and isinstance(second, ReshapeMap):
         return ReshapeMap(first.in_shape, second.out_shape)
     if isinstance(first, ReshapeMap) and isinstance(second, DenseMap):

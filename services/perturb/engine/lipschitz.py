@@ -3,6 +3,12 @@
 ``global_l2[k]`` bounds ``‖v_k(x) - v_k(y)‖₂ / ‖x - y‖₂`` (product of certified operator norms, sums
 at residual Adds); ``per_neuron_l2[k]`` bounds each coordinate's Lipschitz constant separately:
 ``min(‖A_i‖₂ · global(input), (|A| · per_neuron(input))_i)``.
+
+A lowered MaxMin (the "add" with ``lipschitz_source`` = s, value MaxMin(v_s)) also gets MaxMin's own
+constants, and keeps the smaller: the pair sort is 1-Lipschitz in ℓ2 (each pair's sorted vector moves
+at most as far as the pair), so ``global ≤ global(s)``; and max / min of two functions with constants
+L_a, L_b is max(L_a, L_b)-Lipschitz, so coordinate i of either half gets ``max(per(s)_a, per(s)_b)`` of
+its pair. Without this the sum rule would charge 1 + √2·√2 = 3 per MaxMin.
 """
 
 from __future__ import annotations
@@ -28,12 +34,33 @@ class LipschitzInfo:
         return self.global_l2[self.output]
 
 
+def pair_max(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """max(t[:h], t[h:]) along ``dim`` (h = half its size): one value per MaxMin pair."""
+    a, b = t.chunk(2, dim=dim)
+    return torch.maximum(a, b)
+
+
+def pair_min(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """min(t[:h], t[h:]) along ``dim``."""
+    a, b = t.chunk(2, dim=dim)
+    return torch.minimum(a, b)
+
+
+def _checked_source(graph: BoundGraph, k: int) -> int:
+    """Node k's ``lipschitz_source``, checked to be an earlier node of its shape with an even dim 0."""
+    n = graph.nodes[k]
+    s = n.lipschitz_source
+    if s is None or not 0 <= s < k or tuple(graph.nodes[s].shape) != tuple(n.shape) or n.shape[0] % 2:
+        raise ValueError(f"node {k} ('{n.name}') has an invalid lipschitz_source {s}")
+    return s
+
+
 def lipschitz_info(graph: BoundGraph, margin: NormMargin | None = None) -> LipschitzInfo:
     """Propagate certified operator norms and per-row norms through the graph."""
     margin = NormMargin() if margin is None else margin
     glob: list[float] = []
     per: list[torch.Tensor] = []
-    for n in graph.nodes:
+    for k, n in enumerate(graph.nodes):
         if n.kind == "input":
             glob.append(1.0)
             per.append(torch.ones(n.shape, dtype=torch.float64))
@@ -42,8 +69,14 @@ def lipschitz_info(graph: BoundGraph, margin: NormMargin | None = None) -> Lipsc
             per.append(per[n.inputs[0]])
         elif n.kind == "add":
             a, b = n.inputs
-            glob.append(with_margin(glob[a] + glob[b], margin))
-            per.append((per[a] + per[b]) * (1 + margin.relative))
+            g = with_margin(glob[a] + glob[b], margin)
+            p = (per[a] + per[b]) * (1 + margin.relative)
+            if n.lipschitz_source is not None:
+                s = _checked_source(graph, k)
+                g = min(g, glob[s])
+                p = torch.minimum(p, pair_max(per[s]).repeat(2, *([1] * (p.dim() - 1))))
+            glob.append(g)
+            per.append(p)
         else:
             src = n.inputs[0]
             lm = n.lmap.to(torch.float64)

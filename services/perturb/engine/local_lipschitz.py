@@ -3,7 +3,9 @@
 Over the ball, a ReLU whose input's upper bound is ≤ 0 outputs 0 everywhere, so its coordinate of
 ``v(x+δ) - v(x)`` vanishes: the next layer's columns (and the producing layer's rows) for it can
 be dropped. Dense maps use the exact norm of the masked submatrix; convs use the smaller of the
-certified circular-conv norm and the Hölder bound ``sqrt(‖A‖₁ ‖A‖∞)`` of the masked map.
+certified circular-conv norm and the Hölder bound ``sqrt(‖A‖₁ ‖A‖∞)`` of the masked map. A lowered
+MaxMin (an "add" with ``lipschitz_source`` s) is 1-Lipschitz in node s, so its local constant is at
+most node s's, and a pair can change only where one of its two inputs can.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from services.perturb.engine.ibp import Bounds
-from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, ReshapeMap, ScaleMap
-from services.perturb.engine.lipschitz import LipschitzInfo
+from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, PairMap, ReshapeMap, ScaleMap
+from services.perturb.engine.lipschitz import LipschitzInfo, pair_max
 from services.perturb.engine.onnx_graph import BoundGraph
 from services.perturb.engine.operator_norms import NormMargin, with_margin
 
@@ -56,6 +58,8 @@ def _abs_t(lm, y: torch.Tensor) -> torch.Tensor:
         return ScaleMap(lm.scale.abs()).apply_t(y)
     if isinstance(lm, ReshapeMap):
         return lm.apply_t(y)
+    if isinstance(lm, PairMap):
+        return lm.apply_abs_t(y)
     raise TypeError(type(lm).__name__)
 
 
@@ -93,8 +97,15 @@ def local_lipschitz(
                 local.append(local[src])
         elif nd.kind == "add":
             a, b = nd.inputs
-            alive.append(torch.maximum(alive[a], alive[b]))
-            local.append((local[a] + local[b]) * (1 + margin.relative) + margin.absolute)
+            live = torch.maximum(alive[a], alive[b])
+            lip_k = (local[a] + local[b]) * (1 + margin.relative) + margin.absolute
+            s = nd.lipschitz_source
+            if s is not None:
+                pair = pair_max(alive[s], 1)
+                live = torch.minimum(live, torch.cat([pair, pair], dim=1))
+                lip_k = torch.minimum(lip_k, local[s])
+            alive.append(live)
+            local.append(lip_k)
         else:
             src = nd.inputs[0]
             ones = torch.ones(n, *nd.shape, dtype=torch.float64)

@@ -2,9 +2,12 @@
 
 Input normalization, BatchNormalization and pooling become affine nodes; consecutive affine nodes
 are folded (BN into its conv, normalization into the first conv) so that operator norms are taken
-of the composed maps. The loader refuses what it cannot model exactly: any op, attribute, attribute
-value, input or output outside the table below fails at load time with ``UnsupportedModelError``
-naming the node (and the attribute). ``build_bound_graph`` is a table of per-op converters
+of the composed maps. MaxMin (GroupSort-2) is recognized as a whole and lowered exactly into the same
+node kinds: MaxMin(x) = swap(x) + split(relu(diff(x))) (``linear_maps.PairMap``), the final Add
+naming x as its ``lipschitz_source`` (MaxMin's own Lipschitz, interval and rounding rules). The
+loader refuses what it cannot model exactly: any op, attribute, attribute value, input or output
+outside the table below fails at load time with ``UnsupportedModelError`` naming the node (and the
+attribute). ``build_bound_graph`` is a table of per-op converters
 (``_OPS``): each supported op has an attribute allow-list, a converter for when one of its inputs
 depends on the image, and an exact evaluator for when all its inputs are constant; an op without
 an entry fails by construction. The same table is in docs/engine-supported-ops.md.
@@ -15,6 +18,14 @@ folded (float32 arithmetic stays float32, as in ONNX Runtime); a constant operan
 image tensor must be float32 and finite (it is widened to float64 exactly). Values computed from the
 batch size (``Shape``) may only be moved (Gather, Slice, Concat, Unsqueeze, Squeeze, Identity, Cast
 to int32/int64), never computed with, and may only end up as entry 0 of a Reshape target.
+
+MaxMin on an image tensor x [B, C, ...] (C even, h = C/2; what torch exports for
+``cat([maximum(a, b), minimum(a, b)], 1)`` with a, b = x[:, :h], x[:, h:2h]):
+``s0 = Slice(x)`` selecting channels [0, h) and ``s1 = Slice(x)`` selecting [h, 2h) of axis 1 only
+(constant starts / ends / axes / steps, any spelling ONNX evaluates to exactly those channels in order),
+``Max(s0, s1)`` and ``Min(s0, s1)`` (either operand order), ``y = Concat(Max, Min, axis=1)``; each
+Slice read only by that Max and that Min, each of those only by that Concat, none a graph output.
+Any other Slice, Max, Min or Concat on an image-dependent tensor is refused, naming the node.
 
 Op                  On the image tensor                 Folded  Attributes accepted (all else refused)
 ------------------  ----------------------------------  ------  ----------------------------------------------
@@ -57,10 +68,12 @@ Shape               a constant, the batch size kept     yes     start, end
 Gather              refused                             yes     axis; int32/int64 indices in range
 Unsqueeze, Squeeze  refused                             yes     axes as attribute (opset < 13) or int64 input
                                                                 (opset ≥ 13), not both
-Concat              refused                             yes     axis (required); inputs of rank ≥ 1 and one
-                                                                dtype
-Slice               refused                             yes     starts, ends, axes as attributes (opset < 10)
-                                                                or inputs; steps ≠ 0
+Concat              Concat(Max, Min) of MaxMin (axis   yes     axis (required); inputs of rank ≥ 1 and one
+                    1) → lowered MaxMin; else refused           dtype
+Slice               a half of axis 1 inside MaxMin      yes     starts, ends, axes as attributes (opset < 10)
+                    (no node of its own); else refused          or inputs; steps ≠ 0
+Max, Min            of the two halves inside MaxMin     no      none (exactly two inputs)
+                    (no node of its own); else refused
 Cast                refused                             yes     to FLOAT, DOUBLE, FLOAT16, (U)INT8/16/32/64 or
                                                                 BOOL (FLOAT16 only where its rounding is
                                                                 unambiguous; float → int only in range,
@@ -89,6 +102,7 @@ from services.perturb.engine.linear_maps import (
     Conv2dMap,
     DenseMap,
     LinearMap,
+    PairMap,
     ReshapeMap,
     ScaleMap,
     Shape,
@@ -106,7 +120,15 @@ class UnsupportedModelError(ValueError):
 
 @dataclass
 class Node:
-    """A bound-graph node; ``kind``: "input", "affine" (lmap + full-shape bias), "relu" or "add"."""
+    """A bound-graph node; ``kind``: "input", "affine" (lmap + full-shape bias), "relu" or "add".
+
+    ``lipschitz_source`` = k (only on the "add" that ends a lowered MaxMin) states that this node's value
+    is MaxMin of node k's value: the pairs (i, i + C/2) along dim 0 sorted, max first. Hence it is
+    1-Lipschitz in node k jointly (ℓ2), each coordinate is max(L_a, L_b)-Lipschitz where L_a, L_b are its
+    pair's, its interval is the pair sort of node k's, and the served runtime computes it from node k's
+    computed value exactly (Slice / Max / Min / Concat do not round). Graph rewrites keep the index
+    valid (``prune`` renumbers it, or drops it when node k goes).
+    """
 
     kind: str
     inputs: tuple[int, ...]
@@ -114,6 +136,7 @@ class Node:
     name: str
     lmap: LinearMap | None = None
     bias: torch.Tensor | None = None
+    lipschitz_source: int | None = None
 
 
 @dataclass
@@ -144,6 +167,7 @@ class BoundGraph:
                 n.name,
                 None if n.lmap is None else n.lmap.to(dtype),
                 None if n.bias is None else n.bias.to(dtype),
+                n.lipschitz_source,
             )
             for n in self.nodes
         ]
@@ -333,6 +357,15 @@ class _Builder:
         self.where: dict[str, int] = {graph_inputs[0].name: 0}  # dynamic tensor name -> node index
         self.used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
         self.output_name = g.output[0].name
+        # tensor name -> the nodes reading it (once per read) and whether it is a graph output
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            for i in n.input:
+                if i:
+                    self.readers.setdefault(i, []).append(n)
+        self.graph_outputs = {o.name for o in g.output}
+        # image-dependent parts of a MaxMin being matched (halves, Max, Min): no node of their own
+        self.pending: dict[str, _MaxMinPart] = {}
 
     # -- reading inputs --
     def src(self, node: onnx.NodeProto) -> tuple[int, Shape]:
@@ -408,13 +441,16 @@ class _Builder:
             if extra and extra in self.used:
                 raise _err(node, f"output '{extra}' is used (only the first output is modelled)")
         for o in node.output:
-            if o and (o in self.consts or o in self.where):
+            if o and (o in self.consts or o in self.where or o in self.pending):
                 raise _err(node, f"tensor '{o}' is defined twice")
         for i in node.input:
-            if i and i not in self.consts and i not in self.where:
+            if i and i not in self.consts and i not in self.where and i not in self.pending:
                 raise _err(node, f"input '{i}' is not defined before the node")
         a = _attrs(node, spec.attrs, self.opset)
-        if any(i in self.where for i in node.input):
+        partial = [i for i in node.input if i in self.pending]
+        if partial and node.op_type not in _MAXMIN_OPS:
+            raise _err(node, f"input '{partial[0]}' is part of a MaxMin pattern and may only be used there")
+        if any(i in self.where or i in self.pending for i in node.input):
             if spec.dynamic is None:
                 raise _err(node, "op not supported on image-dependent tensors")
             spec.dynamic(self, node, a)
@@ -470,6 +506,9 @@ class _Builder:
                 )
             )
             out_idx = len(nodes) - 1
+        if self.pending:
+            name, part = next(iter(self.pending.items()))
+            raise _err(part.node, f"tensor '{name}' is not completed into a MaxMin Concat")
         pruned = prune(BoundGraph(nodes, out_idx))
         return fold_affine(pruned) if fold else pruned
 
@@ -705,6 +744,115 @@ def _binary(b: _Builder, node: onnx.NodeProto, a: dict) -> None:
         b.set_affine(node, src, ScaleMap(1.0 / cfull), None)
 
 
+# ---- MaxMin: Slice / Slice / Max / Min / Concat on one image tensor, lowered to affine + ReLU + Add -----
+
+
+@dataclass(frozen=True)
+class _MaxMinPart:
+    """A matched part of a MaxMin: ``kind`` "half" (``half`` 0 or 1 of node ``src``) or "max" / "min" (of
+    the two half tensors named ``halves``, in the order read)."""
+
+    kind: str
+    src: int
+    node: onnx.NodeProto
+    half: int = -1
+    halves: tuple[str, ...] = ()
+
+
+_MAXMIN = "MaxMin (Slice / Slice / Max / Min / Concat splitting dim 1 into halves)"
+
+
+def _only_read_by(b: _Builder, node: onnx.NodeProto, want: list[str]) -> None:
+    """The node's output is read by exactly the ops ``want`` (one read each) and is no graph output."""
+    out = node.output[0]
+    readers = sorted(n.op_type for n in b.readers.get(out, []))
+    if out in b.graph_outputs or readers != sorted(want):
+        shown = ", ".join(readers) or "nothing"
+        raise _err(
+            node,
+            f"on an image-dependent tensor this op is supported only inside {_MAXMIN}: its output must be "
+            f"read once each by {' and '.join(want)} (read by: {shown})",
+        )
+
+
+def _slice_dynamic(b: _Builder, node: onnx.NodeProto, a: dict) -> None:
+    """A Slice of an image tensor [B, C, ...]: one half of dim 1 (step 1), read by one Max and one Min."""
+    src, shape = b.src(node)
+    params = [None] + [b.value(node, i) if b.has_input(node, i) else None for i in range(1, len(node.input))]
+    rank = len(shape) + 1
+    starts, ends, axes, steps = _slice_params(node, a, params, rank)
+    if axes != [1]:
+        raise _err(
+            node, f"a Slice of an image-dependent tensor must slice axis 1 only (axes {axes}) ({_MAXMIN})"
+        )
+    c = shape[0]
+    probe = np.arange(c, dtype=np.int64).reshape(1, c, *([1] * (rank - 2)))
+    picked = _apply_slice(probe, starts, ends, axes, steps).reshape(-1).tolist()
+    h = c // 2
+    halves = [list(range(0, h)), list(range(h, 2 * h))]
+    if c % 2 or h == 0 or picked not in halves:
+        raise _err(
+            node,
+            f"a Slice of an image-dependent tensor must take exactly the first or second half of its {c} "
+            f"channels ({_MAXMIN}); it takes indices {picked[:8]}{'…' if len(picked) > 8 else ''}",
+        )
+    _only_read_by(b, node, ["Max", "Min"])
+    b.pending[node.output[0]] = _MaxMinPart("half", src, node, half=halves.index(picked))
+
+
+def _maxmin_dynamic(b: _Builder, node: onnx.NodeProto, a: dict) -> None:
+    """Max / Min of the two halves of one image tensor (read only by the MaxMin Concat)."""
+    ins = list(node.input)
+    parts = [b.pending.get(i) for i in ins]
+    if (
+        len(ins) != 2
+        or any(p is None or p.kind != "half" for p in parts)
+        or parts[0].src != parts[1].src
+        or {parts[0].half, parts[1].half} != {0, 1}
+    ):
+        raise _err(
+            node,
+            f"on image-dependent tensors {node.op_type} is supported only inside {_MAXMIN}: its two inputs "
+            "must be the first and the second half of one tensor",
+        )
+    _only_read_by(b, node, ["Concat"])
+    b.pending[node.output[0]] = _MaxMinPart(node.op_type.lower(), parts[0].src, node, halves=tuple(ins))
+
+
+def _concat_dynamic(b: _Builder, node: onnx.NodeProto, a: dict) -> None:
+    """Concat(Max(a, b), Min(a, b), axis=1) of the two halves: MaxMin, lowered to
+    swap(x) + split(relu(diff(x))) (linear_maps.PairMap), the final Add naming x as its Lipschitz source."""
+    ins = list(node.input)
+    parts = [b.pending.get(i) for i in ins]
+    if (
+        len(ins) != 2
+        or parts[0] is None
+        or parts[1] is None
+        or (parts[0].kind, parts[1].kind) != ("max", "min")
+    ):
+        raise _err(
+            node,
+            f"on image-dependent tensors Concat is supported only inside {_MAXMIN}: its inputs must be "
+            "Max(a, b) then Min(a, b) of the two halves",
+        )
+    mx, mn = parts
+    if mx.src != mn.src or set(mx.halves) != set(mn.halves):
+        raise _err(node, f"Max and Min of different tensors ({_MAXMIN})")
+    src = mx.src
+    shape = b.nodes[src].shape
+    if "axis" not in a or _axis(node, a["axis"], len(shape) + 1) != 1:
+        raise _err(node, f"attribute 'axis' = {a.get('axis')} is not supported (accepted: 1) ({_MAXMIN})")
+    for name in (*ins, *mx.halves):
+        b.pending.pop(name, None)
+    name = _name(node)
+    d = b.add_affine(src, PairMap("diff", shape), None, name + "/maxmin_diff")
+    b.nodes.append(Node("relu", (d,), b.nodes[d].shape, name + "/maxmin_relu"))
+    e = b.add_affine(len(b.nodes) - 1, PairMap("split", shape), None, name + "/maxmin_split")
+    p = b.add_affine(src, PairMap("swap", shape), None, name + "/maxmin_swap")
+    b.nodes.append(Node("add", (p, e), shape, name, lipschitz_source=src))
+    b.where[node.output[0]] = len(b.nodes) - 1
+
+
 def _shape_dynamic(b: _Builder, node: onnx.NodeProto, a: dict) -> None:
     _, shape = b.src(node)
     sl = slice(a.get("start", 0), a.get("end"))
@@ -798,8 +946,8 @@ def _fold_concat(node: onnx.NodeProto, a: dict, x: list) -> Value:
     return np.concatenate(x, axis=_axis(node, a["axis"], x[0].ndim))
 
 
-def _fold_slice(node: onnx.NodeProto, a: dict, x: list) -> Value:
-    data = x[0]
+def _slice_params(node: onnx.NodeProto, a: dict, x: list, rank: int) -> tuple[list[int], ...]:
+    """Slice's (starts, ends, axes, steps) from attributes (opset < 10) or inputs; axes normalized."""
     if len(x) == 1:  # opset < 10: attributes
         if "starts" not in a or "ends" not in a:
             raise _err(node, "attributes 'starts' and 'ends' are required")
@@ -817,9 +965,14 @@ def _fold_slice(node: onnx.NodeProto, a: dict, x: list) -> Value:
     steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise _err(node, "starts, ends, axes and steps differ in length")
-    axes = [_axis(node, v, data.ndim, "axes entry") for v in axes]
+    axes = [_axis(node, v, rank, "axes entry") for v in axes]
     if len(set(axes)) != len(axes) or 0 in steps:
         raise _err(node, "repeated axes or a zero step")
+    return starts, ends, axes, steps
+
+
+def _apply_slice(data: np.ndarray, starts: list, ends: list, axes: list, steps: list) -> np.ndarray:
+    """ONNX Slice semantics (negative indices count from the end, then clamped per step sign)."""
     sl = [slice(None)] * data.ndim
     for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
         d = data.shape[ax]
@@ -831,6 +984,11 @@ def _fold_slice(node: onnx.NodeProto, a: dict, x: list) -> Value:
             s, e = min(max(s, 0), d - 1), min(max(e, -1), d - 1)
             sl[ax] = slice(s, None if e < 0 else e, st) if d else slice(0, 0)
     return data[tuple(sl)]
+
+
+def _fold_slice(node: onnx.NodeProto, a: dict, x: list) -> Value:
+    data = x[0]
+    return _apply_slice(data, *_slice_params(node, a, x, data.ndim))
 
 
 def _fold_cast(node: onnx.NodeProto, a: dict, x: list) -> Value:
@@ -969,16 +1127,24 @@ _OPS: dict[str, _Op] = {
     "Gather": _Op({"axis": _ANY_INT}, const=_fold_gather, batch_inputs=_first),
     "Unsqueeze": _Op({"axes": _INT_LIST}, const=_fold_unsqueeze, batch_inputs=_first),
     "Squeeze": _Op({"axes": _INT_LIST}, const=_fold_squeeze, batch_inputs=_first),
-    "Concat": _Op({"axis": _ANY_INT}, const=_fold_concat, batch_inputs=lambda node, a: "all"),
+    "Concat": _Op(
+        {"axis": _ANY_INT}, dynamic=_concat_dynamic, const=_fold_concat, batch_inputs=lambda node, a: "all"
+    ),
+    "Max": _Op({}, dynamic=_maxmin_dynamic),
+    "Min": _Op({}, dynamic=_maxmin_dynamic),
     "Cast": _Op(
         {"to": _CAST_TO, "saturate": _int_in(0, 1)},
         const=_fold_cast,
         batch_inputs=lambda node, a: {0} if a.get("to") in (TensorProto.INT32, TensorProto.INT64) else set(),
     ),
     "Slice": _Op(
-        {"starts": _INT_LIST, "ends": _INT_LIST, "axes": _INT_LIST}, const=_fold_slice, batch_inputs=_first
+        {"starts": _INT_LIST, "ends": _INT_LIST, "axes": _INT_LIST},
+        dynamic=_slice_dynamic,
+        const=_fold_slice,
+        batch_inputs=_first,
     ),
 }
+_MAXMIN_OPS = frozenset({"Max", "Min", "Concat"})  # the ops that may read a matched MaxMin part
 SUPPORTED_OPS = tuple(_OPS)
 
 
@@ -1007,23 +1173,27 @@ def prune(graph: BoundGraph) -> BoundGraph:
     nodes = []
     for old in order:
         n = graph.nodes[old]
-        nodes.append(Node(n.kind, tuple(remap[i] for i in n.inputs), n.shape, n.name, n.lmap, n.bias))
+        source = remap.get(n.lipschitz_source) if n.lipschitz_source is not None else None
+        ins = tuple(remap[i] for i in n.inputs)
+        nodes.append(Node(n.kind, ins, n.shape, n.name, n.lmap, n.bias, source))
     return BoundGraph(nodes, remap[graph.output])
 
 
-def fold_affine(graph: BoundGraph) -> BoundGraph:
-    """Merge an affine node into its affine consumer when it has no other consumer and the maps compose."""
+def _merge_chains(graph: BoundGraph) -> BoundGraph:
+    """Merge an affine node into its affine consumer when it has no other consumer and the maps compose
+    (never a node some MaxMin's ``lipschitz_source`` names: its value must stay in the graph)."""
     nodes = list(graph.nodes)
     changed = True
     while changed:
         changed = False
         g = BoundGraph(nodes, graph.output)
+        sources = {n.lipschitz_source for n in nodes if n.lipschitz_source is not None}
         for j, n in enumerate(nodes):
             if n.kind != "affine":
                 continue
             i = n.inputs[0]
             prev = nodes[i]
-            if prev.kind != "affine" or len(g.consumers[i]) != 1:
+            if prev.kind != "affine" or len(g.consumers[i]) != 1 or i in sources:
                 continue
             lmap = compose(prev.lmap, n.lmap)
             if lmap is None:
@@ -1037,3 +1207,28 @@ def fold_affine(graph: BoundGraph) -> BoundGraph:
             break
     # identity reshapes (e.g. from constant Add) stay as bias-only affine nodes; drop true no-ops
     return graph
+
+
+def _rewire_pair_differences(graph: BoundGraph) -> BoundGraph:
+    """A MaxMin difference ``diff(W v + c)`` whose affine input also feeds the swap becomes its own affine
+    node on v: ``(diff ∘ W) v + diff(c)`` (a conv / dense map with the paired rows subtracted). Same
+    values; the difference's bounds then see the cancellation (exact per neuron when v is the image)."""
+    nodes = list(graph.nodes)
+    for j, n in enumerate(nodes):
+        if n.kind != "affine" or not isinstance(n.lmap, PairMap) or n.lmap.mode != "diff":
+            continue
+        prev = nodes[n.inputs[0]]
+        if prev.kind != "affine":
+            continue
+        lmap = compose(prev.lmap, n.lmap)
+        if lmap is None or isinstance(lmap, PairMap):
+            continue
+        bias = n.lmap.apply(prev.bias[None])[0] + n.bias
+        nodes[j] = Node("affine", prev.inputs, n.shape, f"{prev.name}+{n.name}", lmap, bias)
+    return BoundGraph(nodes, graph.output)
+
+
+def fold_affine(graph: BoundGraph) -> BoundGraph:
+    """Fold chains of affine nodes, then compute each MaxMin difference directly from the folded chain's
+    input (after the chains are merged, so that normalization still folds into the first conv)."""
+    return _merge_chains(_rewire_pair_differences(_merge_chains(graph)))

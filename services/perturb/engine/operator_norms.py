@@ -4,16 +4,19 @@ A zero-padded conv equals (rows of) a circular conv on a torus big enough that n
 around; the circular conv's norm is the largest singular value of the kernel's 2-D DFT over all
 frequencies (Sedghi, Gupta & Long 2019); a strided circular conv is a stride-1 one on phase-split
 inputs (polyphase), so striding is bounded exactly, not by the stride-1 norm. Dense maps use an
-exact SVD. Every certified value carries a floating-point safety margin.
+exact SVD. MaxMin's pairing maps have closed forms: ‖diff‖ = ‖split‖ = √2 (each is a direct sum of the
+1 x 2 blocks [1, −1] or their transposes), ‖swap‖ = 1 (a permutation). Every certified value carries a
+floating-point safety margin.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, LinearMap, ReshapeMap, ScaleMap
+from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, LinearMap, PairMap, ReshapeMap, ScaleMap
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ def certified_norm(lmap: LinearMap, margin: NormMargin = NormMargin()) -> float:
         return with_margin(float(torch.linalg.matrix_norm(lmap.weight.to(torch.float64), ord=2)), margin)
     if isinstance(lmap, Conv2dMap):
         return with_margin(conv_norm_upper(lmap), margin)
+    if isinstance(lmap, PairMap):
+        return 1.0 if lmap.mode == "swap" else with_margin(math.sqrt(2.0), margin)
     raise TypeError(f"no norm for {type(lmap).__name__}")
 
 

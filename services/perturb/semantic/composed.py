@@ -42,7 +42,8 @@ def compose(graph: BoundGraph, x0: np.ndarray, a: np.ndarray) -> BoundGraph:
             bias = n.lmap.apply(x[None])[0] + n.bias
             nodes.append(Node("affine", (0,), n.shape, n.name + "+sp", DenseMap(w, (k,), n.shape), bias))
         else:
-            nodes.append(Node(n.kind, ins, n.shape, n.name, n.lmap, n.bias))
+            source = None if n.lipschitz_source is None else n.lipschitz_source + 1  # node 0 -> the SP layer
+            nodes.append(Node(n.kind, ins, n.shape, n.name, n.lmap, n.bias, source))
     return prune(BoundGraph(nodes, graph.output + 1))
 
 
