@@ -18,9 +18,9 @@ from dataclasses import asdict, replace
 import torch
 
 from reaas.datasets import LOADERS
+from services.trainer.aol import LAYER_KINDS
 from services.trainer.augment import AugmentConfig
 from services.trainer.data import input_statistics, load_images, train_val_split
-from services.trainer.aol import LAYER_KINDS
 from services.trainer.encoders import ACTIVATIONS, EncoderConfig
 from services.trainer.export import (
     export_onnx,
@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-dim", type=int, default=e.feature_dim)
     p.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv (folded at export)")
     p.add_argument("--enc-layers", choices=LAYER_KINDS, default=e.layers,
-                   help="'aol': almost-orthogonal conv / dense layers, 1-Lipschitz by construction (the encoder's "
-                        "bound is then at most 1 / std of its input normalization); 'plain': ordinary layers")
+                   help="'aol': almost-orthogonal conv / dense layers, 1-Lipschitz by construction "
+                        "(the encoder's bound is then at most 1 / std of its input normalization); "
+                        "'plain': ordinary layers")
     p.add_argument("--enc-activation", choices=ACTIVATIONS, default=e.activation,
                    help="'maxmin': sort channel pairs (1-Lipschitz, keeps the gradient norm; pairs with AOL "
                         "layers); 'relu'")

@@ -7,8 +7,8 @@ convolution on the whole plane, so the bound holds for it too.
 
 The rescaling is a torch parametrization of an ordinary ``nn.Conv2d`` / ``nn.Linear``: ``layer.weight`` is the
 rescaled weight, so the spectral estimator, BatchNorm folding and ONNX export see plain layers, and
-``services.trainer.export.strip_parametrizations`` bakes it into the weights (exported as Conv / Gemm, which the
-perturb service's bound engine checks independently).
+``services.trainer.export.strip_parametrizations`` bakes it into the weights (exported as Conv / Gemm, which
+the perturb service's bound engine checks independently).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def aol_dense_scale(weight: torch.Tensor) -> torch.Tensor:
 
 
 class AOLRescaling(nn.Module):
-    """Parametrization weight P -> P·D of a Conv2d ([out, in, kh, kw], square kernel) or Linear ([out, in])."""
+    """Parametrization weight P -> P·D of a Conv2d ([out, in, k, k], square kernel) or Linear ([out, in])."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 4:
@@ -45,7 +45,8 @@ class AOLRescaling(nn.Module):
             return weight * aol_conv_scale(weight)[None, :, None, None]
         if weight.ndim == 2:
             return weight * aol_dense_scale(weight)[None, :]
-        raise ValueError(f"AOL rescales conv [out, in, k, k] or dense [out, in] weights, got {tuple(weight.shape)}")
+        raise ValueError(
+            f"AOL rescales conv [out, in, k, k] or dense [out, in] weights, got {tuple(weight.shape)}")
 
 
 def make_aol(module: nn.Module) -> nn.Module:

@@ -27,8 +27,9 @@ class EncoderConfig:
     batch_norm: bool = False
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
-    layers: str = "plain"  # "aol": every conv / dense layer 1-Lipschitz by construction (services.trainer.aol)
-    activation: str = "relu"  # "maxmin": pairs channel i with i + C/2 -> (max, min); 1-Lipschitz, norm-preserving
+    layers: str = "plain"  # "aol": each conv / dense layer 1-Lipschitz by construction (services.trainer.aol)
+    # "maxmin": pairs channel i with i + C/2 -> (max, min); 1-Lipschitz, norm-preserving
+    activation: str = "relu"
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.strides):
@@ -83,14 +84,15 @@ ACTIVATIONS = ("relu", "maxmin")
 
 
 class MaxMin(nn.Module):
-    """x [B, C, ...] -> [max(a, b), min(a, b)] with (a, b) = the two halves of dim 1: a sort of each pair,
-    1-Lipschitz and gradient-norm preserving (Anil et al., 2019), unlike ReLU, which discards half the signal."""
+    """x [B, C, ...] -> [max(a, b), min(a, b)] with (a, b) = the two halves of dim 1: a sort of each
+    pair, 1-Lipschitz and gradient-norm preserving (Anil et al., 2019), unlike ReLU, which discards half
+    the signal."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         if channels % 2:
             raise ValueError(f"MaxMin pairs channels: got an odd count {channels}")
-        self.half = channels // 2  # a Python int: exported as Slice with constant bounds, not Shape arithmetic
+        self.half = channels // 2  # a Python int: exports as Slice with constant bounds, not Shape arithmetic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = x[:, : self.half], x[:, self.half : 2 * self.half]
@@ -114,7 +116,8 @@ class ConvEncoder(nn.Module):
         biased = config.layers != "aol"
         c_in = config.in_channels
         for c_out, stride in zip(config.channels, config.strides, strict=False):
-            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=biased and not config.batch_norm))
+            bias = biased and not config.batch_norm
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias))
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(_activation(config.activation, c_out))

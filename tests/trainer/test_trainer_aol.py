@@ -68,7 +68,8 @@ def test_distillation_trains_an_aol_student_and_exports_it(tmp_path, tiny_images
     teacher = tmp_path / "teacher.onnx"
     export_onnx(build_encoder(replace(AOL, layers="plain")), teacher)
     config = TrainConfig(mode="rrm", epochs=2, batch_size=16, lr=0.05, warmup_steps=1, lam=0.2,
-                         penalty="scale_invariant", out_dir=str(tmp_path / "run"), progress=False, log_every=1,
+                         penalty="scale_invariant", out_dir=str(tmp_path / "run"), progress=False,
+                         log_every=1,
                          encoder=AOL, moco=MocoConfig(proj_dim=8, queue_size=32, momentum=0.9))
     result = train(config, tiny_images, teacher_onnx=str(teacher))
     assert result.history[-1]["mean_objective"] < result.history[0]["mean_objective"]
@@ -102,7 +103,8 @@ def test_the_cli_writes_the_layer_kind_on_the_card(tmp_path):
     features = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
         ["features"], {"images": images})[0]
     assert card["feature_scale_factor"] != pytest.approx(1.0)
-    assert float(feature_spread(torch.as_tensor(features, dtype=torch.float64))) == pytest.approx(1.0, rel=1e-3)
+    spread = float(feature_spread(torch.as_tensor(features, dtype=torch.float64)))
+    assert spread == pytest.approx(1.0, rel=1e-3)
 
 
 def test_bad_configurations_are_refused():
