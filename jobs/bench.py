@@ -130,6 +130,9 @@ class BenchConfig:
     reference_n: int = 100_000
     lipschitz_max_epochs: int = 40  # AOL CNN: to the validation-loss plateau
     semantic_num_test: int = 20  # REaaS-BC inputs whose brightness / contrast ranges F2ISemantic certifies
+    # F2ISemantic refuses (DEADLINE_EXCEEDED) rather than answer a cut-short search, and one standard-encoder
+    # search took 18 s on a loaded 2-core machine: the offline bench gives each semantic call this long
+    semantic_timeout_s: float = 300.0
     threads: int = 2  # torch / onnxruntime threads of the client-side training and white-box certification
     seed: int = 0
     out: Path = Path("results")
@@ -445,8 +448,10 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig,
         certify("REaaS-SC one-query", downstream, reaas_subset,
                 replace(base, method="sc-curve", perturb_method=config.curve_method))
         started = time.perf_counter()
-        raw["semantic"] = semantic_certificates(encoder_label, raw["REaaS-BC"]["rows"], reaas_subset, perturb,
-                                                config, journals, not base.clip_to_pixel_box, log)
+        _, semantic_perturb = steps.connect_local(endpoints, timeout_s=config.semantic_timeout_s)
+        raw["semantic"] = semantic_certificates(encoder_label, raw["REaaS-BC"]["rows"], reaas_subset,
+                                                semantic_perturb, config, journals,
+                                                not base.clip_to_pixel_box, log)
         timed("semantic", started)
         raw["synbench_score"] = encoder.model_info().synbench_score
 
