@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,34 @@ def engine_for(kind: str, seed: int, tmp_path: Path, side: int = 8) -> tuple[Bou
 def images(n: int, seed: int, side: int = 8) -> np.ndarray:
     """Random images [n, 1, side, side] float32 in [0, 1]."""
     return np.random.default_rng(seed).random((n, 1, side, side)).astype(np.float32)
+
+
+def assert_bounds_hold(
+    eng: BoundEngine,
+    x64: torch.Tensor,
+    radii: torch.Tensor,
+    norm: str,
+    points: Callable[[int, float], torch.Tensor],
+) -> None:
+    """IBP's and CROWN's node intervals over the ball of image i (x64 [B, ...], radii [B]) contain every
+    node's value at ``points(i, r)`` [P, ...] (points of that ball), and both output-shift bounds cover
+    the largest sampled feature shift."""
+    from services.perturb.engine.ball import InputBall
+    from services.perturb.engine.crown import crown_intermediate_bounds, output_shift_bounds
+    from services.perturb.engine.ibp import interval_bounds
+
+    centers = eng.graph.forward_all(x64)
+    f0 = centers[eng.graph.output].reshape(len(x64), -1)
+    ball = InputBall(x64, radii, norm, True)
+    for name, intervals in (("ibp", interval_bounds), ("crown", crown_intermediate_bounds)):
+        bounds = intervals(eng.graph, ball, centers, eng.lipschitz)
+        shift = output_shift_bounds(eng.graph, ball, f0, bounds)
+        for i in range(len(x64)):
+            pts = points(i, float(radii[i]))
+            vals = eng.graph.forward_all(pts)
+            for k, (lo, hi) in enumerate(bounds):
+                assert torch.all(vals[k] >= lo[i : i + 1] - 1e-9), (name, k, eng.graph.nodes[k].name)
+                assert torch.all(vals[k] <= hi[i : i + 1] + 1e-9), (name, k, eng.graph.nodes[k].name)
+            true_shift = (vals[eng.graph.output].reshape(len(pts), -1) - f0[i]).norm(dim=1).max()
+            assert true_shift <= shift.per_feature[i] + 1e-9, name
+            assert true_shift <= shift.linear_part[i] + 1e-9, name

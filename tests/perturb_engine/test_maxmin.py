@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from engine_nets import assert_bounds_hold
 from onnx import TensorProto, helper, numpy_helper
 from onnx_helpers import ort_features
 
@@ -303,18 +304,18 @@ def test_batchnorm_before_maxmin_folds_and_matches_onnxruntime():
     assert np.all(eng.served_point_error(x) >= np.linalg.norm(out - ort_features(model)(x), axis=1))
 
 
+def _assert_matches_onnxruntime(eng: BoundEngine, model, x: np.ndarray, atol: float) -> None:
+    """The bound graph's float64 forward pass agrees with ONNX Runtime's float32 one on images x."""
+    np.testing.assert_allclose(eng.graph.forward(torch.as_tensor(x, dtype=torch.float64)).numpy(),
+                               ort_features(model)(x), rtol=1e-5, atol=atol)
+
 @pytest.mark.parametrize("spelling,opset", [("torch", 17), ("other", 13), ("torch", 9)])
 def test_other_spellings_of_the_halves_match_onnxruntime(spelling, opset):
     rng = np.random.default_rng(2)
     model = _dense_maxmin_model(rng.normal(size=(6, 16)), rng.normal(size=6) * 0.3, spelling, opset)
     eng = BoundEngine(model)
     x = _images(8, 3, side=4)
-    np.testing.assert_allclose(
-        eng.graph.forward(torch.as_tensor(x, dtype=torch.float64)).numpy(),
-        ort_features(model)(x),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    _assert_matches_onnxruntime(eng, model, x, atol=1e-6)
 
 
 # ---- 2. Lipschitz --------------------------------------------------------------------------------------
@@ -447,23 +448,8 @@ def test_node_intervals_contain_sampled_values(plain_net, norm):
     x64 = torch.as_tensor(_images(1, 7), dtype=torch.float64).repeat(3, 1, 1, 1)
     radii = torch.tensor([0.05, 0.3, 1.0], dtype=torch.float64)
     rr = radii if norm == "l2" else radii / SIDE
-    centers = eng.graph.forward_all(x64)
-    f0 = centers[eng.graph.output].reshape(3, -1)
-    ball = InputBall(x64, rr, norm, True)
-    for name in ("ibp", "crown"):
-        if name == "ibp":
-            bounds = interval_bounds(eng.graph, ball, centers, eng.lipschitz)
-        else:
-            bounds = crown_intermediate_bounds(eng.graph, ball, centers, eng.lipschitz)
-        shift = output_shift_bounds(eng.graph, ball, f0, bounds)
-        for i in range(3):
-            pts = _ball_points(x64[i : i + 1], float(rr[i]), 3000, norm, seed=30 + i, clip=True)
-            vals = eng.graph.forward_all(pts)
-            for k, (lo, hi) in enumerate(bounds):
-                assert torch.all(vals[k] >= lo[i : i + 1] - 1e-9), (name, k, eng.graph.nodes[k].name)
-                assert torch.all(vals[k] <= hi[i : i + 1] + 1e-9), (name, k, eng.graph.nodes[k].name)
-            true = (vals[eng.graph.output].reshape(len(pts), -1) - f0[i]).norm(dim=1).max()
-            assert true <= shift.per_feature[i] + 1e-9 and true <= shift.linear_part[i] + 1e-9
+    assert_bounds_hold(eng, x64, rr, norm,
+                       lambda i, r: _ball_points(x64[i : i + 1], r, 3000, norm, seed=30 + i, clip=True))
 
 
 def test_float_margin_covers_onnxruntime(plain_net):
@@ -547,12 +533,7 @@ def test_maxmin_directly_on_the_image_and_in_the_semantic_graph():
     # MaxMin is 1-Lipschitz: L is the dense layer's norm alone
     assert eng.lipschitz_bound_l2 == pytest.approx(float(np.linalg.norm(w.astype(np.float64), 2)), rel=1e-4)
     x = np.random.default_rng(5).random((1, 2, 4, 4)).astype(np.float32)
-    np.testing.assert_allclose(
-        eng.graph.forward(torch.as_tensor(x, dtype=torch.float64)).numpy(),
-        ort_features(model)(x),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    _assert_matches_onnxruntime(eng, model, x, atol=1e-5)
     a = basis(x[0], "brightness_contrast")
     for method in ("ibp", "crown_ibp", "crown"):
         cb = ComposedBounds(eng.graph, x[0], a)
@@ -672,12 +653,7 @@ def test_the_well_formed_pattern_loads_and_matches_onnxruntime():
     model = _conv_maxmin_model("ok", 4)
     eng = BoundEngine(model)
     x = _images(4, 0, side=4)
-    np.testing.assert_allclose(
-        eng.graph.forward(torch.as_tensor(x, dtype=torch.float64)).numpy(),
-        ort_features(model)(x),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    _assert_matches_onnxruntime(eng, model, x, atol=1e-5)
 
 
 def test_other_dynamic_slices_and_concats_are_refused():

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_nets import engine_for, images, onnx_path
+from engine_nets import assert_bounds_hold, engine_for, images, onnx_path
 from onnx_helpers import ort_features
 
-from services.perturb.engine.ball import InputBall
-from services.perturb.engine.crown import crown_intermediate_bounds, output_shift_bounds
-from services.perturb.engine.ibp import interval_bounds
 from services.trainer.pgd import AttackConfig, pgd_feature_shift
 
 KINDS = ["plain", "bn", "residual", "pool"]
@@ -60,30 +57,16 @@ def test_bounds_contain_sampled_points_and_are_monotone(kind, tmp_path):
     eng, _ = engine_for(kind, 4, tmp_path)
     x64 = torch.as_tensor(images(1, 7), dtype=torch.float64).repeat(3, 1, 1, 1)
     radii = torch.tensor([0.05, 0.2, 0.6], dtype=torch.float64)
-    centers = eng.graph.forward_all(x64)
-    f0 = centers[eng.graph.output].reshape(3, -1)
     for norm in ["l2", "linf"]:
         rr = radii if norm == "l2" else radii / 8
-        ball = InputBall(x64, rr, norm, True)
-        for name in ["ibp", "crown"]:
-            if name == "ibp":
-                bounds = interval_bounds(eng.graph, ball, centers, eng.lipschitz)
-            else:
-                bounds = crown_intermediate_bounds(eng.graph, ball, centers, eng.lipschitz)
-            shift = output_shift_bounds(eng.graph, ball, f0, bounds)
-            for i in range(3):
-                pts = _sphere(x64[i : i + 1], float(rr[i]), 4000, norm, seed=10 + i).clamp(0, 1)
-                gen = torch.Generator().manual_seed(i)
-                inside = torch.rand(pts.shape[0], 1, 1, 1, generator=gen).double()
-                pts = x64[i : i + 1] + (pts - x64[i : i + 1]) * torch.where(inside < 0.5, 1.0, inside)
-                vals = eng.graph.forward_all(pts)
-                for k, (lo, hi) in enumerate(bounds):
-                    v = vals[k]
-                    assert torch.all(v >= lo[i : i + 1] - 1e-9), (name, k)
-                    assert torch.all(v <= hi[i : i + 1] + 1e-9), (name, k)
-                true_shift = (vals[eng.graph.output].reshape(len(pts), -1) - f0[i]).norm(dim=1).max()
-                assert true_shift <= shift.per_feature[i] + 1e-9
-                assert true_shift <= shift.linear_part[i] + 1e-9
+
+        def points(i: int, r: float, norm: str = norm) -> torch.Tensor:
+            pts = _sphere(x64[i : i + 1], r, 4000, norm, seed=10 + i).clamp(0, 1)
+            gen = torch.Generator().manual_seed(i)
+            inside = torch.rand(pts.shape[0], 1, 1, 1, generator=gen).double()
+            return x64[i : i + 1] + (pts - x64[i : i + 1]) * torch.where(inside < 0.5, 1.0, inside)
+
+        assert_bounds_hold(eng, x64, rr, norm, points)
     result = eng.curve(images(2, 8), np.array([0.0, 0.01, 0.1, 0.3, 1.0, 3.0]))
     curve = result.bounds
     assert result.completed and curve.shape == (2, 6)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from benchmarks import encoder_serving as encoder_bench  # noqa: E402
 from benchmarks import perturb_engine as perturb_bench  # noqa: E402
@@ -27,6 +28,7 @@ def test_perturb_bench_reports_latency_gap_memory_and_served_latency():
     radius = {m: report["methods"][m]["mean_image_radius"] for m in config.methods}
     assert radius["auto"] >= radius["lipschitz"]
     assert report["certificate_gap_median"] >= 1.0  # an attack-limited radius bounds every sound one
+    assert report["lipschitz_bound_over_sampled"] >= 1.0  # a sampled Jacobian norm never beats the bound
     assert report["peak_rss_mb"] > 0
     served = report["served"]["lipschitz"]
     assert served["same_radii"] and served["requests"] == 2 and math.isfinite(served["served_over_inprocess"])
@@ -45,3 +47,10 @@ def test_encoder_bench_reports_throughput_and_batching_speedup():
         assert single[mode]["images_per_s"] > 0 and single[mode]["p99_ms"] >= single[mode]["p50_ms"] > 0
     assert report["execution_provider"] == "CPUExecutionProvider"
     assert "channels [4, 8]" in report["model"]
+
+
+def test_largest_jacobian_norm_is_the_spectral_norm_of_a_linear_map():
+    weight = torch.randn(5, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = np.random.default_rng(0).random((3, 1, 3, 4))
+    found = perturb_bench.largest_jacobian_norm(lambda v: v.reshape(len(v), -1) @ weight.T, x)
+    assert found == pytest.approx(float(torch.linalg.matrix_norm(weight, ord=2)), rel=1e-12)
