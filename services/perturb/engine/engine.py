@@ -28,7 +28,7 @@ from services.perturb.engine.float_error import FORMATS, FloatErrorModel
 from services.perturb.engine.ibp import Bounds, interval_bounds
 from services.perturb.engine.lipschitz import lipschitz_info
 from services.perturb.engine.local_lipschitz import local_lipschitz
-from services.perturb.engine.onnx_graph import BoundGraph, build_bound_graph, load_onnx_model
+from services.perturb.engine.onnx_graph import BoundGraph, build_bound_graph, fold_affine, load_onnx_model
 from services.perturb.engine.operator_norms import NormMargin, with_margin
 from services.perturb.engine.search import SearchConfig, SearchOutcome, search_radius
 
@@ -124,13 +124,12 @@ class BoundEngine:
 
     def __init__(self, model: onnx.ModelProto, config: EngineConfig = EngineConfig()) -> None:
         self.config = config
-        self.graph: BoundGraph = build_bound_graph(model)
+        unfolded = build_bound_graph(model, fold=False)  # one node per served op: what the runtime rounds
+        self.graph: BoundGraph = fold_affine(unfolded)  # what the bounds use
         self.lipschitz = lipschitz_info(self.graph, config.norm_margin)
         if config.served_format not in FORMATS:
             raise ValueError(f"served_format must be one of {sorted(FORMATS)}, got {config.served_format!r}")
-        self.float_error = FloatErrorModel(
-            build_bound_graph(model, fold=False), self.graph, FORMATS[config.served_format]
-        )
+        self.float_error = FloatErrorModel(unfolded, self.graph, FORMATS[config.served_format])
         self.input_shape: tuple[int, int, int] = tuple(self.graph.input_shape)  # type: ignore[assignment]
         self.feature_dim: int = int(self.graph.nodes[self.graph.output].shape[0])
         self.lipschitz_bound_l2: float = float(self.lipschitz.output_l2)

@@ -43,7 +43,6 @@ TensorRT only in the reduced-precision mode, whose format here is the coarser on
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +104,38 @@ class _NodeModel:
     rounds: bool
 
 
+def same_value_pairs(unfolded: BoundGraph, folded: BoundGraph) -> dict[int, int]:
+    """{unfolded node index: folded node index} for the nodes whose exact values are the same function of
+    the input, so that the folded graph's (tighter) intervals may replace the unfolded one's.
+
+    Pairs come from each folded node's ``value_of`` (set by ``fold_affine``), plus the input and the output
+    (same model, same function); a folded graph without provenance pairs only those two. Pairing two nodes
+    that compute different values would let the folded intervals exclude the true value (an unsound
+    margin), so every pair is also checked on random inputs in [0, 1]: a pair whose values differ by more
+    than float64 folding can explain is dropped (the unfolded graph's own, looser intervals stay), and a
+    provenance that names a node of another kind or shape raises ``ValueError``.
+    """
+    pairs: dict[int, int] = {0: 0}
+    if tuple(unfolded.nodes[unfolded.output].shape) == tuple(folded.nodes[folded.output].shape):
+        pairs[unfolded.output] = folded.output
+    for j, fn in enumerate(folded.nodes):
+        i = fn.value_of
+        if i is None:
+            continue
+        if not 0 <= i < len(unfolded.nodes):
+            raise ValueError(f"folded node {j} ({fn.name!r}) names unfolded node {i}, which does not exist")
+        un = unfolded.nodes[i]
+        if un.kind != fn.kind or tuple(un.shape) != tuple(fn.shape):
+            raise ValueError(f"folded node {j} ({fn.name!r}, {fn.kind} {tuple(fn.shape)}) cannot compute the "
+                             f"value of unfolded node {i} ({un.name!r}, {un.kind} {tuple(un.shape)})")
+        pairs[i] = j
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, *unfolded.input_shape, generator=gen, dtype=torch.float64)
+    vu, vf = unfolded.forward_all(x), folded.to(torch.float64).forward_all(x)
+    scale = 1.0 + max(float(v.abs().max()) for v in vu)  # the largest intermediate bounds folding's error
+    return {i: j for i, j in pairs.items() if float((vu[i] - vf[j]).abs().max()) <= 1e-9 * scale}
+
+
 class FloatErrorModel:
     """E(set) for the served graph; built once per model from the unfolded bound graph."""
 
@@ -120,22 +151,7 @@ class FloatErrorModel:
                 self._nodes.append(_NodeModel(terms, certified_norm(n.lmap.to(torch.float64)), rounds))
             else:
                 self._nodes.append(_NodeModel(1, 1.0, n.kind == "add"))
-        # unfolded node -> folded node computing the same exact value (chain ends keep their names)
-        self._same_value: dict[int, int] = {}
-        folded_names: dict[str, list[int]] = {}
-        for j, fn in enumerate(folded.nodes):
-            folded_names.setdefault(fn.name.split("+")[-1], []).append(j)
-        unfolded_names = Counter(un.name for un in unfolded.nodes)
-        for i, un in enumerate(unfolded.nodes):
-            js = folded_names.get(un.name, [])
-            if unfolded_names[un.name] == 1 and len(js) == 1:
-                fn = folded.nodes[js[0]]
-                if fn.kind == un.kind and tuple(fn.shape) == tuple(un.shape):
-                    self._same_value[i] = js[0]
-        self._same_value[0] = 0
-        out_u, out_f = unfolded.output, folded.output
-        if tuple(unfolded.nodes[out_u].shape) == tuple(folded.nodes[out_f].shape):
-            self._same_value[out_u] = out_f
+        self._same_value = same_value_pairs(unfolded, folded)
 
     def centers(self, x0: torch.Tensor) -> list[torch.Tensor]:
         """Exact values of every unfolded node at x0 [N, *input_shape] (float64)."""

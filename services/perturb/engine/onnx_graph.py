@@ -90,7 +90,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,11 @@ class Node:
     pair's, its interval is the pair sort of node k's, and the served runtime computes it from node k's
     computed value exactly (Slice / Max / Min / Concat do not round). Graph rewrites keep the index
     valid (``prune`` renumbers it, or drops it when node k goes).
+
+    ``value_of`` = i (set by :func:`fold_affine` on the graph it returns) states that this node computes the
+    exact value of node i of the *unfolded* graph it was folded from: a merged chain the value of its last
+    node. The float-error model pairs unfolded and folded nodes by it (names are free text in ONNX and can
+    collide with the ``+``-joined names of merged chains). ``None``: no such statement.
     """
 
     kind: str
@@ -137,6 +142,7 @@ class Node:
     lmap: LinearMap | None = None
     bias: torch.Tensor | None = None
     lipschitz_source: int | None = None
+    value_of: int | None = None
 
 
 @dataclass
@@ -168,6 +174,7 @@ class BoundGraph:
                 None if n.lmap is None else n.lmap.to(dtype),
                 None if n.bias is None else n.bias.to(dtype),
                 n.lipschitz_source,
+                n.value_of,
             )
             for n in self.nodes
         ]
@@ -1175,7 +1182,7 @@ def prune(graph: BoundGraph) -> BoundGraph:
         n = graph.nodes[old]
         source = remap.get(n.lipschitz_source) if n.lipschitz_source is not None else None
         ins = tuple(remap[i] for i in n.inputs)
-        nodes.append(Node(n.kind, ins, n.shape, n.name, n.lmap, n.bias, source))
+        nodes.append(Node(n.kind, ins, n.shape, n.name, n.lmap, n.bias, source, n.value_of))
     return BoundGraph(nodes, remap[graph.output])
 
 
@@ -1199,7 +1206,8 @@ def _merge_chains(graph: BoundGraph) -> BoundGraph:
             if lmap is None:
                 continue
             bias = n.lmap.apply(prev.bias[None])[0] + n.bias  # second(first(0))
-            nodes[j] = Node("affine", prev.inputs, n.shape, f"{prev.name}+{n.name}", lmap, bias)
+            nodes[j] = Node("affine", prev.inputs, n.shape, f"{prev.name}+{n.name}", lmap, bias,
+                            value_of=n.value_of)
             nodes[i] = Node("affine", prev.inputs, prev.shape, prev.name + "/dead", prev.lmap, prev.bias)
             graph = prune(BoundGraph(nodes, graph.output))
             nodes = list(graph.nodes)
@@ -1224,11 +1232,16 @@ def _rewire_pair_differences(graph: BoundGraph) -> BoundGraph:
         if lmap is None or isinstance(lmap, PairMap):
             continue
         bias = n.lmap.apply(prev.bias[None])[0] + n.bias
-        nodes[j] = Node("affine", prev.inputs, n.shape, f"{prev.name}+{n.name}", lmap, bias)
+        nodes[j] = Node("affine", prev.inputs, n.shape, f"{prev.name}+{n.name}", lmap, bias,
+                        value_of=n.value_of)
     return BoundGraph(nodes, graph.output)
 
 
 def fold_affine(graph: BoundGraph) -> BoundGraph:
     """Fold chains of affine nodes, then compute each MaxMin difference directly from the folded chain's
-    input (after the chains are merged, so that normalization still folds into the first conv)."""
-    return _merge_chains(_rewire_pair_differences(_merge_chains(graph)))
+    input (after the chains are merged, so that normalization still folds into the first conv).
+
+    Every node of the result carries ``value_of``: the index in ``graph`` of the node whose value it
+    computes."""
+    marked = BoundGraph([replace(n, value_of=i) for i, n in enumerate(graph.nodes)], graph.output)
+    return _merge_chains(_rewire_pair_differences(_merge_chains(marked)))
