@@ -90,7 +90,12 @@ PERTURB_METHODS = tuple(PERTURB_METHOD_TABLE)
 SUBSET_HELP = "first N of the evaluation subset, test indices ≡ 0 mod 20 (0, 20, 40, …); "
 CHOICES = {"bc_method": ("bc-crown", "bc-ibp"), "perturb_method": PERTURB_METHODS,
            "curve_method": PERTURB_METHODS, "dataset": tuple(LOADERS)}
-TUPLES = ("noise_c", "image_sigmas")  # comma-separated on the command line
+TUPLES = ("noise_c", "image_sigmas")  # comma-separated numbers on the command line
+# what --parts can select (comma-separated): the pipelines run over the services of every encoder, and the
+# white-box rows; each part alone fits a working session, and parts run with one --out share their journals
+SERVICE_PARTS = ("reaas", "seaas-sc", "seaas-ds")
+PARTS = (*SERVICE_PARTS, "smoothed-cnn", "lipschitz-cnn")
+ENCODERS = ("robust", "standard", "rocl")
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class BenchConfig:
     semantic_timeout_s: float = 300.0
     threads: int = 2  # torch / onnxruntime threads of the client-side training and white-box certification
     seed: int = 0
+    parts: tuple[str, ...] = PARTS  # which pipelines run (PARTS); the defaults run everything
+    encoders: tuple[str, ...] = ENCODERS  # which of the encoders the service parts run on
     out: Path = Path("results")
     cache_dir: Path = Path(".cache/features")
 
@@ -156,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         shown = _show(full) if full == quick else f"{_show(full)} (quick: {_show(quick)})"
         kind = {"Path": Path, "int": int, "float": float, "str": str}.get(item.type, str)
         what = SUBSET_HELP if item.name.endswith("num_test") else ""
+        if item.name == "parts":
+            what = ("what runs, comma-separated: reaas (REaaS-BC / -SC / one-query and semantic), seaas-sc, "
+                    "seaas-ds (on every encoder chosen), smoothed-cnn, lipschitz-cnn (white-box); ")
+        if item.name == "encoders":
+            what = "the encoders the service parts run on, comma-separated; "
         parser.add_argument("--" + item.name.replace("_", "-"), type=kind, default=None,
                             choices=CHOICES.get(item.name), help=f"{what}default {shown}")
     return parser
@@ -163,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _show(value) -> str:
     if isinstance(value, tuple):
-        return ",".join(f"{v:g}" for v in value)
+        return ",".join(v if isinstance(v, str) else f"{v:g}" for v in value)
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -175,7 +187,16 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         value = getattr(args, item.name)
         if value is None:
             continue
-        changes[item.name] = tuple(float(c) for c in value.split(",")) if item.name in TUPLES else value
+        if item.name in TUPLES:
+            value = tuple(float(c) for c in value.split(","))
+        elif item.name in ("parts", "encoders"):
+            allowed = PARTS if item.name == "parts" else ENCODERS
+            value = tuple(p.strip() for p in value.split(",") if p.strip())
+            unknown = sorted(set(value) - set(allowed))
+            if unknown or not value:
+                raise SystemExit(f"--{item.name}: {', '.join(unknown) or 'nothing'} is not one of "
+                                 f"{', '.join(allowed)}")
+        changes[item.name] = value
     return replace(config, **changes)
 
 
@@ -244,7 +265,9 @@ def dataset_image_shape(config: BenchConfig) -> tuple[int, ...]:
 def choose_encoders(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
     """The encoders of the bench: robust and standard (each must take the dataset's images, else an error
     naming both shapes), and RoCL only when its file exists and takes the dataset's images."""
-    encoders = {"robust": Path(config.robust_model), "standard": Path(config.standard_model)}
+    encoders = {label: Path(path) for label, path in (("robust", config.robust_model),
+                                                       ("standard", config.standard_model))
+                if label in config.encoders}
     missing = [str(p) for p in encoders.values() if not p.is_file()]
     if missing:
         raise SystemExit(f"model(s) {missing} not found (shipped in models/, or pass --robust-model / "
@@ -256,7 +279,9 @@ def choose_encoders(config: BenchConfig, log: Callable[[str], None] = print) -> 
             raise ValueError(f"the {label} encoder {path} takes images {list(shape)} but {config.dataset} "
                              f"images are {list(images)}: pass encoders pre-trained for this dataset")
     rocl = Path(config.rocl_model) if config.rocl_model else None
-    if rocl is None or not rocl.is_file():
+    if "rocl" not in config.encoders:
+        pass
+    elif rocl is None or not rocl.is_file():
         log(f"no RoCL encoder at {config.rocl_model!r}: its rows are skipped")
     elif onnx_input_shape(rocl) not in (None, images):
         log(f"the RoCL encoder {rocl} takes images {list(onnx_input_shape(rocl))}, not {config.dataset}'s "
@@ -440,24 +465,29 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig,
             log(f"[{encoder_label}] {name}: ACR {raw[name]['summary']['acr']:.4f}, "
                 f"{timed(f'{name} certify', started):.0f} s")
 
-        downstream = fit("REaaS", DownstreamConfig(noise_c_grid=config.noise_c, train=train,
-                                                   selection_images=config.selection_images,
-                                                   validation_fraction=config.validation_fraction))
-        certify("REaaS-BC", downstream, reaas_subset, replace(base, method=config.bc_method))
-        certify("REaaS-SC", downstream, reaas_subset, replace(base, method="sc"))
-        certify("REaaS-SC one-query", downstream, reaas_subset,
-                replace(base, method="sc-curve", perturb_method=config.curve_method))
-        started = time.perf_counter()
-        _, semantic_perturb = steps.connect_local(endpoints, timeout_s=config.semantic_timeout_s)
-        raw["semantic"] = semantic_certificates(encoder_label, raw["REaaS-BC"]["rows"], reaas_subset,
-                                                semantic_perturb, config, journals,
-                                                not base.clip_to_pixel_box, log)
-        timed("semantic", started)
         raw["synbench_score"] = encoder.model_info().synbench_score
+        num_classes = int(steps.training_images(data, config.num_train)[1].max()) + 1
+        if "reaas" in config.parts:
+            downstream = fit("REaaS", DownstreamConfig(noise_c_grid=config.noise_c, train=train,
+                                                       selection_images=config.selection_images,
+                                                       validation_fraction=config.validation_fraction))
+            num_classes = downstream.mlp.num_classes
+            certify("REaaS-BC", downstream, reaas_subset, replace(base, method=config.bc_method))
+            certify("REaaS-SC", downstream, reaas_subset, replace(base, method="sc"))
+            certify("REaaS-SC one-query", downstream, reaas_subset,
+                    replace(base, method="sc-curve", perturb_method=config.curve_method))
+            started = time.perf_counter()
+            _, semantic_perturb = steps.connect_local(endpoints, timeout_s=config.semantic_timeout_s)
+            raw["semantic"] = semantic_certificates(encoder_label, raw["REaaS-BC"]["rows"], reaas_subset,
+                                                    semantic_perturb, config, journals,
+                                                    not base.clip_to_pixel_box, log)
+            timed("semantic", started)
+            raw["noise_c"], raw["sigma_f"] = downstream.noise_c, downstream.sigma_f
 
-        num_classes = downstream.mlp.num_classes
         for name, method, n in (("SEaaS-SC", "seaas-sc", config.seaas_n),
                                 ("SEaaS-DS", "seaas-ds", config.ds_n)):
+            if name.lower() not in config.parts:
+                continue
             started = time.perf_counter()
             choice = choose_image_sigma(name, encoder, config, num_classes, journals, log)
             raw["choices"][name] = choice
@@ -482,11 +512,11 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig,
                     replace(base, method=method, n=n, image_sigma=sigma, denoiser_path=denoiser_path),
                     clean=image_classifier(encoder, fitted.mlp, denoiser))
     raw["model_sha256"] = endpoints["model_sha256"]
-    raw["noise_c"], raw["sigma_f"] = downstream.noise_c, downstream.sigma_f
-    raw["same_inputs"] = {"test_indices": [int(i) for i in seaas_subset.indices],
-                          "REaaS-SC": _subset_summary(raw["REaaS-SC"]["rows"], seaas_subset.indices,
-                                                      downstream),
-                          "SEaaS-SC": raw["SEaaS-SC"]["summary"]}
+    if "REaaS-SC" in raw and "SEaaS-SC" in raw:
+        raw["same_inputs"] = {"test_indices": [int(i) for i in seaas_subset.indices],
+                              "REaaS-SC": _subset_summary(raw["REaaS-SC"]["rows"], seaas_subset.indices,
+                                                          downstream),
+                              "SEaaS-SC": raw["SEaaS-SC"]["summary"]}
     return _encoder_table(encoder_label, config, raw), _curves(raw), raw
 
 
@@ -576,16 +606,19 @@ def _encoder_table(encoder_label: str, config: BenchConfig, raw: dict) -> list[d
                      "for clean acc.",
                      {"smoothing_n": config.ds_n}),
         "REaaS-BC": (f"{config.bc_method}, F2IPerturb {config.perturb_method}", {}),
-        "REaaS-SC": (f"feature sigma c = {raw['noise_c']:g}, {smoothing}, F2IPerturb {config.perturb_method}",
+        "REaaS-SC": (f"feature sigma c = {raw.get('noise_c', float('nan')):g}, {smoothing}, F2IPerturb "
+                     f"{config.perturb_method}",
                      {"smoothing_n": config.n}),
         "REaaS-SC one-query": (f"{smoothing}, F2IPerturbCurve {config.curve_method}",
                                {"smoothing_n": config.n}),
     }
     sigmas = {"SEaaS-SC": choices.get("SEaaS-SC", {}).get("sigma"),
               "SEaaS-DS": choices.get("SEaaS-DS", {}).get("sigma"),
-              "REaaS-SC": raw["sigma_f"], "REaaS-SC one-query": raw["sigma_f"]}
+              "REaaS-SC": raw.get("sigma_f"), "REaaS-SC one-query": raw.get("sigma_f")}
     rows = []
     for name in PIPELINES:
+        if name != "SEaaS-BC" and name not in raw:  # not run (--parts)
+            continue
         note, extra = notes[name]
         summary = raw[name]["summary"] if name in raw else None
         row = _row(name, encoder_label, summary, note, **extra)
@@ -619,6 +652,13 @@ def _journaled(config: BenchConfig, prefix: str, header: dict, subset: Subset,
     return rows, (json.loads(record.read_text()) if record.is_file() else {})
 
 
+def _epoch_log(what: str, max_epochs: int, log: Callable[[str], None]) -> Callable[[int, float], None]:
+    """A progress callback of early-stopped training: one line per epoch with its validation loss."""
+    def progress(epoch: int, validation_loss: float) -> None:
+        log(f"[{what}] epoch {epoch + 1} of at most {max_epochs}: validation loss {validation_loss:.4f}")
+    return progress
+
+
 def reference_rows(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
     """The smoothed white-box CNNs, one per image sigma, and the best of them per radius; (rows, curves).
 
@@ -644,7 +684,9 @@ def reference_rows(config: BenchConfig, log: Callable[[str], None] = print) -> t
             started = time.perf_counter()
             key = _key(asdict(rconfig), config.dataset, config.data_root, config.num_train)
             checkpoint = config.out / "journals" / f"reference-cnn-{key}.ckpt"
-            model, training = train_reference(images, labels, rconfig, checkpoint=checkpoint)
+            model, training = train_reference(
+                images, labels, rconfig, checkpoint=checkpoint, progress=_epoch_log(
+                    f"reference sigma {rconfig.sigma:g}", rconfig.max_epochs, log))
             seconds = time.perf_counter() - started
             log(f"[reference sigma {rconfig.sigma:g}] CNN: {training.describe()}, {seconds:.0f} s")
             certify_reference(model, subset.indices[todo], subset.images[todo], subset.labels[todo],
@@ -697,7 +739,8 @@ def lipschitz_row(config: BenchConfig, log: Callable[[str], None] = print) -> tu
         started = time.perf_counter()
         key = _key(asdict(lconfig), config.dataset, config.data_root, config.num_train)
         checkpoint = config.out / "journals" / f"lipschitz-cnn-{key}.ckpt"
-        model, training = train_lipschitz_cnn(images, labels, lconfig, checkpoint=checkpoint)
+        model, training = train_lipschitz_cnn(images, labels, lconfig, checkpoint=checkpoint,
+                                              progress=_epoch_log("lipschitz", lconfig.max_epochs, log))
         seconds = time.perf_counter() - started
         log(f"[lipschitz] AOL CNN: {training.describe()}, {seconds:.0f} s")
         certify_lipschitz(model, subset.indices[todo], subset.images[todo], subset.labels[todo],
@@ -724,6 +767,8 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
     """The ratios the README promises, per encoder, from the measured counters (pure function of raw)."""
     out: dict = {}
     for label, raw in raw_by_encoder.items():
+        if "same_inputs" not in raw:  # REaaS-SC or SEaaS-SC not run (--parts)
+            continue
         same = raw["same_inputs"]
         reaas, seaas = same["REaaS-SC"], same["SEaaS-SC"]
         bytes_ratio = _ratio(seaas["bytes_per_test_input"], reaas["bytes_per_test_input"])
@@ -740,7 +785,8 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
             "acr_ratio_reaas_over_seaas": _ratio(reaas["acr"], seaas["acr"]),
             "acr_goal_met": reaas["acr"] >= seaas["acr"] and reaas["acr"] > 0,  # 0 vs 0 certifies nothing
         }
-    if {"robust", "standard"} <= raw_by_encoder.keys():
+    if {"robust", "standard"} <= raw_by_encoder.keys() and all(
+            "REaaS-SC" in raw for raw in raw_by_encoder.values()):
         robust, standard = raw_by_encoder["robust"], raw_by_encoder["standard"]
         for name, key in (("REaaS-BC", "bc"), ("REaaS-SC", "sc")):
             ratio = _ratio(robust[name]["summary"]["acr"], standard[name]["summary"]["acr"])
@@ -815,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the bench; returns the process exit code."""
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    encoders = choose_encoders(config)
+    encoders = choose_encoders(config) if set(SERVICE_PARTS) & set(config.parts) else {}
     interrupt_on_sigterm()
     started = time.perf_counter()
     preset = "full" if config == FULL else "quick" if config == QUICK else "custom"
@@ -831,16 +877,18 @@ def main(argv: list[str] | None = None) -> int:
         seconds[label] = raw["seconds"]
         curves.update({f"{label}: {name}": curve for name, curve in encoder_curves.items()
                        if name in PLOTTED and (label == "robust" or name.startswith("REaaS"))})
-    step = time.perf_counter()
-    reference_table, reference_curves = reference_rows(config)
-    seconds["white-box smoothed CNNs"] = time.perf_counter() - step
-    rows += reference_table
-    curves.update(reference_curves)
-    step = time.perf_counter()
-    row, curve = lipschitz_row(config)
-    seconds["white-box Lipschitz CNN"] = time.perf_counter() - step
-    rows.append(row)
-    curves[LIPSCHITZ] = curve
+    if "smoothed-cnn" in config.parts:
+        step = time.perf_counter()
+        reference_table, reference_curves = reference_rows(config)
+        seconds["white-box smoothed CNNs"] = time.perf_counter() - step
+        rows += reference_table
+        curves.update(reference_curves)
+    if "lipschitz-cnn" in config.parts:
+        step = time.perf_counter()
+        row, curve = lipschitz_row(config)
+        seconds["white-box Lipschitz CNN"] = time.perf_counter() - step
+        rows.append(row)
+        curves[LIPSCHITZ] = curve
     ratios = compare(raw_by_encoder)
     semantic = semantic_table(raw_by_encoder)
     wall = time.perf_counter() - started
@@ -857,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
                "preset": preset, "command": command.strip(), "wall_seconds": wall, "step_seconds": seconds,
                "models": {label: {"path": str(encoders[label]), "sha256": raw["model_sha256"],
-                                  "noise_c": raw["noise_c"], "sigma_f": raw["sigma_f"],
+                                  "noise_c": raw.get("noise_c"), "sigma_f": raw.get("sigma_f"),
                                   "image_sigma_choices": raw["choices"]}
                           for label, raw in raw_by_encoder.items()}}
     report.write_json(config.out / "bench.json", payload)

@@ -278,3 +278,29 @@ def test_cli_flags_override_the_preset():
     assert bench.config_from_args(bench.build_parser().parse_args([])) == bench.FULL
     assert np.all([f"--{name}" in bench.build_parser().format_help()
                    for name in ("quick", "seaas-copies", "curve-method", "perturb-method")])
+
+
+def test_parts_and_encoders_flags_select_what_runs(tmp_path):
+    parser = bench.build_parser()
+    config = bench.config_from_args(parser.parse_args(["--parts", "seaas-sc, smoothed-cnn",
+                                                       "--encoders", "robust"]))
+    assert config.parts == ("seaas-sc", "smoothed-cnn") and config.encoders == ("robust",)
+    assert bench.config_from_args(parser.parse_args([])).parts == bench.PARTS
+    for flag, value in (("--parts", "seaas"), ("--parts", ","), ("--encoders", "robust,teacher")):
+        with pytest.raises(SystemExit, match=f"{flag}: "):
+            bench.config_from_args(parser.parse_args([flag, value]))
+    model = _tiny_encoder(tmp_path / "tiny.onnx")
+    both = replace(TINY, robust_model=model, standard_model=model, rocl_model=str(model))
+    assert list(bench.choose_encoders(replace(both, encoders=("robust",)), log=lambda _: None)) == ["robust"]
+    assert list(bench.choose_encoders(replace(both, encoders=("standard", "rocl")), log=lambda _: None)) == [
+        "standard", "rocl"]
+
+
+def test_a_service_part_alone_gives_its_rows_only(tmp_path):
+    config = replace(TINY, parts=("seaas-sc",), out=tmp_path / "out", cache_dir=tmp_path / "cache")
+    rows, curves, raw = bench.encoder_rows("tiny", _tiny_encoder(tmp_path / "tiny.onnx"), config,
+                                           log=lambda _: None)
+    assert [r["pipeline"] for r in rows] == ["SEaaS-BC", "SEaaS-SC"] and set(curves) == {"SEaaS-SC"}
+    assert rows[1]["sigma"] in config.image_sigmas and rows[1]["n_test"] == config.seaas_num_test
+    assert "REaaS-SC" not in raw and "same_inputs" not in raw
+    assert bench.compare({"tiny": raw}) == {}  # nothing to compare without REaaS-SC on the same inputs
