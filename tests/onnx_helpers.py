@@ -1,5 +1,6 @@
-"""Test helpers shared by the suite's conftests: export a small torch encoder to ONNX with a model card, and
-run an ONNX model's float32 features with ONNX Runtime (what the Feature-API serves)."""
+"""Test helpers shared by the suite's conftests: export a small torch encoder to ONNX with a model card, build
+one by hand from ONNX nodes, and run an ONNX model's float32 features with ONNX Runtime (what the Feature-API
+serves)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from reaas.onnx_export import torch_to_onnx
 from services.common.model_file import sha256_of
@@ -23,6 +25,29 @@ def export_encoder(
     path.write_bytes(torch_to_onnx(module, input_shape))
     path.with_suffix(".json").write_text(json.dumps({**(card or {}), "model_sha256": sha256_of(path)}))
     return path
+
+
+def f32(name: str, values) -> onnx.TensorProto:
+    """A float32 initializer."""
+    return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
+
+
+def i64(name: str, values) -> onnx.TensorProto:
+    """An int64 initializer (shapes, Slice starts / ends / axes / steps)."""
+    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+
+
+def hand_model(nodes, initializers, in_shape, out_dim: int, opset: int = 17, input_name: str = "images",
+               output_name: str = "features") -> onnx.ModelProto:
+    """An encoder graph from hand-written nodes: input [B, *in_shape] float32 -> output [B, out_dim]."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["B", *in_shape])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["B", out_dim])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def ort_features(model: Path | str | bytes | onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:

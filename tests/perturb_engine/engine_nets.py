@@ -104,3 +104,21 @@ def assert_bounds_hold(
             true_shift = (vals[eng.graph.output].reshape(len(pts), -1) - f0[i]).norm(dim=1).max()
             assert true_shift <= shift.per_feature[i] + 1e-9, name
             assert true_shift <= shift.linear_part[i] + 1e-9, name
+
+
+def assert_semantic_bounds_hold(eng: BoundEngine, x: np.ndarray, t: np.ndarray, samples: int) -> None:
+    """Every method's brightness-and-contrast shift bound at range t[k] covers the feature shift at the box's
+    corners and at ``samples`` random parameters θ ∈ [−t_k, t_k]² (image x [C, H, W])."""
+    from services.perturb.semantic.composed import ComposedBounds
+    from services.perturb.semantic.sp_layer import basis, perturb
+
+    a = basis(x, "brightness_contrast")
+    cb = ComposedBounds(eng.graph, x, a)
+    f0 = eng.graph.forward(torch.as_tensor(x[None], dtype=torch.float64))[0]
+    for method in ("ibp", "crown_ibp", "crown"):
+        u = cb.shift_bound(t, method)
+        for k, tk in enumerate(t):
+            theta = np.random.default_rng(k).uniform(-tk, tk, size=(samples, 2))
+            theta[:4] = [[tk, tk], [tk, -tk], [-tk, tk], [-tk, -tk]]
+            shift = (eng.graph.forward(torch.as_tensor(perturb(x, a, theta))) - f0).norm(dim=1).max()
+            assert float(shift) <= u[k] + 1e-9, method

@@ -12,8 +12,8 @@ import onnx
 import pytest
 import torch
 from engine_nets import engine_for, images, onnx_path
-from onnx import TensorProto, helper, numpy_helper
-from onnx_helpers import ort_features
+from onnx import helper
+from onnx_helpers import f32, hand_model, ort_features
 
 from services.perturb.engine import BoundEngine
 from services.perturb.engine.float_error import FLOAT32, REDUCED, gamma
@@ -25,24 +25,13 @@ def _gemm_model(weights: list[np.ndarray], biases: list[np.ndarray], in_shape=(1
     inits = []
     prev = "h0"
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-        inits += [
-            numpy_helper.from_array(w.astype(np.float32), f"W{i}"),
-            numpy_helper.from_array(b.astype(np.float32), f"b{i}"),
-        ]
+        inits += [f32(f"W{i}", w), f32(f"b{i}", b)]
         out = "features" if i == len(weights) - 1 else f"g{i}"
         nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [out], name=f"gemm{i}", transB=1))
         if i < len(weights) - 1:
             nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"relu{i}"))
             prev = f"r{i}"
-    d_out = weights[-1].shape[0]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", *in_shape])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", d_out])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return hand_model(nodes, inits, in_shape, weights[-1].shape[0])
 
 
 def _pathological() -> onnx.ModelProto:

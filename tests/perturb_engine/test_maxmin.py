@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from engine_nets import assert_bounds_hold
-from onnx import TensorProto, helper, numpy_helper
-from onnx_helpers import ort_features
+from engine_nets import assert_bounds_hold, assert_semantic_bounds_hold
+from onnx import helper
+from onnx_helpers import f32, hand_model, i64, ort_features
 
 from reaas.onnx_export import torch_to_onnx
 from services.perturb.engine import BoundEngine, UnsupportedModelError
@@ -97,32 +97,15 @@ def _clone_double(net: torch.nn.Module) -> torch.nn.Module:
 # ---- hand-built ONNX -----------------------------------------------------------------------------------
 
 
-def _i64(name: str, vals) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(vals, dtype=np.int64), name)
-
-
-def _f32(name: str, arr) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
-
-
-def _model(nodes, inits, in_shape, out_dim, opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", *in_shape])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", out_dim])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _slice(name: str, x: str, start, end, axis=1, step=1, out: str | None = None):
     """A Slice node with its constant inputs (as initializers)."""
     inits = [
-        _i64(f"{name}_st", [start]),
-        _i64(f"{name}_en", [end]),
-        _i64(f"{name}_ax", [axis]),
-        _i64(f"{name}_sp", [step]),
+        i64(f"{name}_st", [start]),
+        i64(f"{name}_en", [end]),
+        i64(f"{name}_ax", [axis]),
+        i64(f"{name}_sp", [step]),
     ]
     node = helper.make_node(
         "Slice", [x, f"{name}_st", f"{name}_en", f"{name}_ax", f"{name}_sp"], [out or name], name=name
@@ -135,8 +118,8 @@ def _conv_maxmin_model(variant: str = "ok", channels: int = 4, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     c, side = channels, 4
     h = c // 2
-    inits = [_f32("cw", rng.normal(size=(c, 1, 3, 3))), _f32("cb", rng.normal(size=c) * 0.3)]
-    inits += [_f32("cw2", rng.normal(size=(c, 1, 3, 3)))]
+    inits = [f32("cw", rng.normal(size=(c, 1, 3, 3))), f32("cb", rng.normal(size=c) * 0.3)]
+    inits += [f32("cw2", rng.normal(size=(c, 1, 3, 3)))]
     nodes = [helper.make_node("Conv", ["images", "cw", "cb"], ["x"], name="conv", pads=[1, 1, 1, 1])]
     s0_range, s1_range, axis = (0, h), (h, 2 * h), 1
     if variant == "not_halves":
@@ -158,7 +141,7 @@ def _conv_maxmin_model(variant: str = "ok", channels: int = 4, seed: int = 0) ->
         inits += i
     max_in = ["s0", "s1"]
     if variant == "max_const":
-        inits.append(_f32("k", np.zeros((1, h, side, side))))
+        inits.append(f32("k", np.zeros((1, h, side, side))))
         max_in = ["s0", "k"]
     if variant == "unrelated":
         nodes.append(helper.make_node("Conv", ["images", "cw2"], ["x2"], name="conv2", pads=[1, 1, 1, 1]))
@@ -177,9 +160,9 @@ def _conv_maxmin_model(variant: str = "ok", channels: int = 4, seed: int = 0) ->
         nodes.append(helper.make_node("Relu", ["mx"], ["r0"], name="relu_of_max"))
     width = c * side * side if variant not in ("unrelated",) else 2 * c * side * side
     nodes.append(helper.make_node("Flatten", ["y"], ["flat"], name="flatten"))
-    inits += [_f32("gw", rng.normal(size=(3, width)) * 0.2), _f32("gb", rng.normal(size=3) * 0.1)]
+    inits += [f32("gw", rng.normal(size=(3, width)) * 0.2), f32("gb", rng.normal(size=3) * 0.1)]
     nodes.append(helper.make_node("Gemm", ["flat", "gw", "gb"], ["features"], name="gemm", transB=1))
-    return _model(nodes, inits, (1, side, side), 3)
+    return hand_model(nodes, inits, (1, side, side), 3)
 
 
 def _dense_maxmin_model(w: np.ndarray, c: np.ndarray, spelling: str = "torch", opset: int = 17):
@@ -190,7 +173,7 @@ def _dense_maxmin_model(w: np.ndarray, c: np.ndarray, spelling: str = "torch", o
         helper.make_node("Flatten", ["images"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "w", "c"], ["z"], name="gemm", transB=1),
     ]
-    inits = [_f32("w", w), _f32("c", c)]
+    inits = [f32("w", w), f32("c", c)]
     if opset < 10:  # Slice-1: attributes
         nodes += [
             helper.make_node("Slice", ["z"], ["s0"], name="s0", starts=[0], ends=[h], axes=[1]),
@@ -211,7 +194,7 @@ def _dense_maxmin_model(w: np.ndarray, c: np.ndarray, spelling: str = "torch", o
             "Concat", ["mx", "mn"], ["features"], name="cat", axis=1 if spelling == "torch" else -1
         ),
     ]
-    return _model(nodes, inits, (1, 4, 4), m2, opset)
+    return hand_model(nodes, inits, (1, 4, 4), m2, opset)
 
 
 # ---- 0. the pairing maps -------------------------------------------------------------------------------
@@ -525,8 +508,8 @@ def test_maxmin_directly_on_the_image_and_in_the_semantic_graph():
         helper.make_node("Gemm", ["flat", "w", "b"], ["features"], name="gemm", transB=1),
     ]
     w = rng.normal(size=(4, 2 * 16)).astype(np.float32)
-    inits += [_f32("w", w), _f32("b", rng.normal(size=4) * 0.1)]
-    model = _model(nodes, inits, (2, 4, 4), 4)
+    inits += [f32("w", w), f32("b", rng.normal(size=4) * 0.1)]
+    model = hand_model(nodes, inits, (2, 4, 4), 4)
     eng = BoundEngine(model)
     add = [n for n in eng.graph.nodes if n.lipschitz_source is not None]
     assert len(add) == 1 and add[0].lipschitz_source == 0
@@ -551,17 +534,9 @@ def test_maxmin_directly_on_the_image_and_in_the_semantic_graph():
 def test_semantic_bounds_on_a_maxmin_encoder(plain_net):
     _, _, eng = plain_net
     x = _images(1, 13)[0]
-    a = basis(x, "brightness_contrast")
-    cb = ComposedBounds(eng.graph, x, a)
+    cb = ComposedBounds(eng.graph, x, basis(x, "brightness_contrast"))
     assert sum(n.lipschitz_source is not None for n in cb.graph.nodes) == 3
-    f0 = eng.graph.forward(torch.as_tensor(x[None], dtype=torch.float64))[0]
-    t = np.array([0.02, 0.1])
-    for method in ("ibp", "crown_ibp", "crown"):
-        u = cb.shift_bound(t, method)
-        for k, tk in enumerate(t):
-            theta = np.random.default_rng(k).uniform(-tk, tk, size=(1500, 2))
-            pts = torch.as_tensor(perturb(x, a, theta))
-            assert float((eng.graph.forward(pts) - f0).norm(dim=1).max()) <= u[k] + 1e-9, method
+    assert_semantic_bounds_hold(eng, x, np.array([0.02, 0.1]), 1500)
 
 
 # ---- 4. tightness --------------------------------------------------------------------------------------
@@ -658,7 +633,7 @@ def test_the_well_formed_pattern_loads_and_matches_onnxruntime():
 
 def test_other_dynamic_slices_and_concats_are_refused():
     rng = np.random.default_rng(0)
-    inits = [_f32("cw", rng.normal(size=(4, 1, 3, 3)))]
+    inits = [f32("cw", rng.normal(size=(4, 1, 3, 3)))]
     conv = helper.make_node("Conv", ["images", "cw"], ["x"], name="conv", pads=[1, 1, 1, 1])
     flat = helper.make_node("Flatten", ["y"], ["features"], name="flatten")
     # a swap of the halves by Slice + Concat (no Max / Min)
@@ -666,23 +641,23 @@ def test_other_dynamic_slices_and_concats_are_refused():
     s1, i1 = _slice("s1", "x", 2, 4)
     cat = helper.make_node("Concat", ["s1", "s0"], ["y"], name="cat", axis=1)
     with pytest.raises(UnsupportedModelError, match="node 's0'"):
-        build_bound_graph(_model([conv, s0, s1, cat, flat], inits + i0 + i1, (1, 4, 4), 64))
+        build_bound_graph(hand_model([conv, s0, s1, cat, flat], inits + i0 + i1, (1, 4, 4), 64))
     # a Concat of two image tensors
     cat = helper.make_node("Concat", ["x", "x"], ["y"], name="cat", axis=1)
     with pytest.raises(UnsupportedModelError, match="node 'cat'"):
-        build_bound_graph(_model([conv, cat, flat], inits, (1, 4, 4), 128))
+        build_bound_graph(hand_model([conv, cat, flat], inits, (1, 4, 4), 128))
     # Max of an image tensor with itself / with a constant; Min of an image tensor with a constant
     mx = helper.make_node("Max", ["x", "x"], ["y"], name="mx")
     with pytest.raises(UnsupportedModelError, match="node 'mx'"):
-        build_bound_graph(_model([conv, mx, flat], inits, (1, 4, 4), 64))
+        build_bound_graph(hand_model([conv, mx, flat], inits, (1, 4, 4), 64))
     for op in ("Max", "Min"):
         mx = helper.make_node(op, ["x", "zero"], ["y"], name="with_const")
         with pytest.raises(UnsupportedModelError, match="node 'with_const'"):
-            build_bound_graph(_model([conv, mx, flat], inits + [_f32("zero", np.zeros(1))], (1, 4, 4), 64))
+            build_bound_graph(hand_model([conv, mx, flat], inits + [f32("zero", np.zeros(1))], (1, 4, 4), 64))
     # a Slice that is the graph output
     s0, i0 = _slice("s0", "x", 0, 2, out="features")
     with pytest.raises(UnsupportedModelError, match="node 's0'"):
-        build_bound_graph(_model([conv, s0], inits + i0, (1, 4, 4), 32))
+        build_bound_graph(hand_model([conv, s0], inits + i0, (1, 4, 4), 32))
 
 
 # ---- docs ----------------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from engine_nets import assert_bounds_hold
-from onnx import TensorProto, helper, numpy_helper
-from onnx_helpers import ort_features
+from engine_nets import assert_bounds_hold, assert_semantic_bounds_hold
+from onnx import helper
+from onnx_helpers import f32, hand_model, i64, ort_features
 
 from services.perturb.engine import BoundEngine, UnsupportedModelError
 from services.perturb.engine.ball import InputBall
@@ -32,45 +32,19 @@ from services.perturb.engine.linear_maps import PairMap, ReshapeMap
 from services.perturb.engine.lipschitz import lipschitz_info
 from services.perturb.engine.local_lipschitz import local_lipschitz
 from services.perturb.engine.onnx_graph import BoundGraph, Node, build_bound_graph, prune
-from services.perturb.semantic.composed import ComposedBounds, compose
-from services.perturb.semantic.sp_layer import basis, perturb
+from services.perturb.semantic.composed import compose
 
 SIDE = 4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- hand-built ONNX -----------------------------------------------------------------------------------
 
 
-def _i64(name: str, vals) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(vals, dtype=np.int64), name)
-
-
-def _f32(name: str, arr) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
-
-
-def _model(nodes, inits, in_shape, out_dim, opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", *in_shape])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", out_dim])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _slice(name: str, x: str, start: int, end: int, axis: int = 1, step: int = 1):
-    inits = [_i64(f"{name}_st", [start]), _i64(f"{name}_en", [end]), _i64(f"{name}_ax", [axis])]
-    inits.append(_i64(f"{name}_sp", [step]))
+    inits = [i64(f"{name}_st", [start]), i64(f"{name}_en", [end]), i64(f"{name}_ax", [axis])]
+    inits.append(i64(f"{name}_sp", [step]))
     ins = [x, f"{name}_st", f"{name}_en", f"{name}_ax", f"{name}_sp"]
     return helper.make_node("Slice", ins, [name], name=name), inits
 
@@ -97,7 +71,7 @@ def _head(y: str, width: int, rng) -> tuple[list, list]:
         helper.make_node("Flatten", [y], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "gw", "gb"], ["features"], name="gemm", transB=1),
     ]
-    return nodes, [_f32("gw", rng.normal(size=(3, width)) * 0.2), _f32("gb", rng.normal(size=3) * 0.1)]
+    return nodes, [f32("gw", rng.normal(size=(3, width)) * 0.2), f32("gb", rng.normal(size=3) * 0.1)]
 
 
 KINDS = ["relu_source", "maxmin_of_maxmin", "residual", "scaled_source", "dense_reshaped"]
@@ -110,7 +84,7 @@ def _net(kind: str, seed: int = 0) -> onnx.ModelProto:
     bias = rng.normal(size=c) * 0.3
     if kind == "relu_source":
         bias[[0, 2]] = -40.0  # channels 0 and 2 (one MaxMin pair) dead on every ball below
-    inits = [_f32("cw", rng.normal(size=(c, 1, 3, 3))), _f32("cb", bias)]
+    inits = [f32("cw", rng.normal(size=(c, 1, 3, 3))), f32("cb", bias)]
     nodes = [helper.make_node("Conv", ["images", "cw", "cb"], ["x"], name="conv", pads=[1, 1, 1, 1])]
     if kind == "relu_source":
         nodes.append(helper.make_node("Relu", ["x"], ["xr"], name="relu0"))
@@ -123,7 +97,7 @@ def _net(kind: str, seed: int = 0) -> onnx.ModelProto:
         n, i = _maxmin("m", "x", c, "y0")
         n.append(helper.make_node("Add", ["x", "y0"], ["y"], name="res"))
     elif kind == "scaled_source":  # not per-channel: stays a ScaleMap, so the difference is a bare PairMap
-        inits.append(_f32("k", rng.uniform(0.5, 2.0, size=(1, c, SIDE, SIDE))))
+        inits.append(f32("k", rng.uniform(0.5, 2.0, size=(1, c, SIDE, SIDE))))
         nodes.append(helper.make_node("Mul", ["x", "k"], ["xs"], name="mul"))
         n, i = _maxmin("m", "xs", c, "y")
     else:  # dense_reshaped
@@ -134,15 +108,15 @@ def _net(kind: str, seed: int = 0) -> onnx.ModelProto:
             helper.make_node("Reshape", ["z", "shp"], ["x"], name="resh"),
         ]
         inits = [
-            _f32("gw0", rng.normal(size=(d, SIDE * SIDE)) * 0.3),
-            _f32("gb0", rng.normal(size=d) * 0.3),
-            _i64("shp", [-1, c, SIDE, SIDE]),
+            f32("gw0", rng.normal(size=(d, SIDE * SIDE)) * 0.3),
+            f32("gb0", rng.normal(size=d) * 0.3),
+            i64("shp", [-1, c, SIDE, SIDE]),
         ]
         n, i = _maxmin("m", "x", c, "y")
     nodes += n
     inits += i
     hn, hi = _head("y", c * SIDE * SIDE, rng)
-    return _model(nodes + hn, inits + hi, (1, SIDE, SIDE), 3)
+    return hand_model(nodes + hn, inits + hi, (1, SIDE, SIDE), 3)
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -230,26 +204,14 @@ def test_lipschitz_bounds_dominate_sampled_jacobians(kind):
 
 @pytest.mark.parametrize("kind", ["maxmin_of_maxmin", "scaled_source", "relu_source"])
 def test_semantic_bounds_contain_sampled_shifts(kind):
-    eng = BoundEngine(_net(kind))
-    x = _images(1, 4)[0]
-    a = basis(x, "brightness_contrast")
-    cb = ComposedBounds(eng.graph, x, a)
-    f0 = eng.graph.forward(torch.as_tensor(x[None], dtype=torch.float64))[0]
-    t = np.array([0.05, 0.3])
-    for method in ("ibp", "crown_ibp", "crown"):
-        u = cb.shift_bound(t, method)
-        for k, tk in enumerate(t):
-            theta = np.random.default_rng(k).uniform(-tk, tk, size=(800, 2))
-            theta[:4] = [[tk, tk], [tk, -tk], [-tk, tk], [-tk, -tk]]
-            shift = (eng.graph.forward(torch.as_tensor(perturb(x, a, theta))) - f0).norm(dim=1).max()
-            assert float(shift) <= u[k] + 1e-9, method
+    assert_semantic_bounds_hold(BoundEngine(_net(kind)), _images(1, 4)[0], np.array([0.05, 0.3]), 800)
 
 
 # ---- loader: equivalent spellings accepted, near-misses refused -----------------------------------------
 
 
 def _conv(c: int, rng) -> tuple[list, list]:
-    inits = [_f32("cw", rng.normal(size=(c, 1, 3, 3))), _f32("cb", rng.normal(size=c) * 0.3)]
+    inits = [f32("cw", rng.normal(size=(c, 1, 3, 3))), f32("cb", rng.normal(size=c) * 0.3)]
     return [helper.make_node("Conv", ["images", "cw", "cb"], ["x"], name="conv", pads=[1, 1, 1, 1])], inits
 
 
@@ -267,7 +229,7 @@ def test_equivalent_spellings_load_and_match_onnxruntime():
     conv, ci = _conv(4, rng)
     n, i = _maxmin("m", "x", 4, "y", spelling="other", concat_axis=-3)
     hn, hi = _head("y", 4 * SIDE * SIDE, rng)
-    _assert_matches_onnxruntime(_model(conv + n + hn, ci + i + hi, (1, SIDE, SIDE), 3))
+    _assert_matches_onnxruntime(hand_model(conv + n + hn, ci + i + hi, (1, SIDE, SIDE), 3))
     # two channels, the halves spelled with a negative step (one channel each) and one read via Identity
     conv, ci = _conv(2, rng)
     s0, i0 = _slice("s0", "x", 0, -100, step=-1)  # index 0 only
@@ -279,7 +241,7 @@ def test_equivalent_spellings_load_and_match_onnxruntime():
         helper.make_node("Concat", ["mx", "mn"], ["y"], name="cat", axis=1),
     ]
     hn, hi = _head("y", 2 * SIDE * SIDE, rng)
-    _assert_matches_onnxruntime(_model(nodes + hn, ci + i0 + i1 + hi, (1, SIDE, SIDE), 3))
+    _assert_matches_onnxruntime(hand_model(nodes + hn, ci + i0 + i1 + hi, (1, SIDE, SIDE), 3))
 
 
 def _variant(name: str) -> onnx.ModelProto:
@@ -323,12 +285,12 @@ def _variant(name: str) -> onnx.ModelProto:
         for k, (s, e) in enumerate(((0, 2), (2, 4))):
             nm = f"ms{k}"
             i = [t for t in i if not t.name.startswith(nm + "_")]
-            i += [_i64(f"{nm}_st", [0, s]), _i64(f"{nm}_en", [2**62, e]), _i64(f"{nm}_ax", [0, 1])]
-            i += [_i64(f"{nm}_sp", [1, 1])]
+            i += [i64(f"{nm}_st", [0, s]), i64(f"{nm}_en", [2**62, e]), i64(f"{nm}_ax", [0, 1])]
+            i += [i64(f"{nm}_sp", [1, 1])]
     else:
         raise AssertionError(name)
     hn, hi = _head(y, 4 * SIDE * SIDE * (2 if name == "concat_last_axis" else 1), rng)
-    return _model(nodes + n + hn, inits + i + hi, (1, SIDE, SIDE), out_dim)
+    return hand_model(nodes + n + hn, inits + i + hi, (1, SIDE, SIDE), out_dim)
 
 
 @pytest.mark.parametrize(
@@ -354,7 +316,7 @@ def test_max_as_a_graph_output_is_refused():
     n, i = _maxmin("m", "x", 4, "y")
     n = n[:4]  # Slices, Max, Min; the Max is the graph output, the Min dangles
     n[2] = helper.make_node("Max", ["ms0", "ms1"], ["features"], name="mmx")
-    model = _model(conv + n, inits + i, (1, SIDE, SIDE), 2 * SIDE * SIDE)
+    model = hand_model(conv + n, inits + i, (1, SIDE, SIDE), 2 * SIDE * SIDE)
     with pytest.raises(UnsupportedModelError, match="node '"):
         build_bound_graph(model)
 
@@ -452,12 +414,12 @@ def test_float_error_pairs_nodes_by_value_not_by_name_suffix():
         helper.make_node("Add", ["b", "c"], ["d"], name="res"),
     ]
     inits = [
-        _f32("wq", rng.normal(size=(2, 1, 1, 1)) * 1000),
-        _f32("wp", rng.normal(size=(2, 1, 1, 1)) * 1e-3),
-        _f32("k", np.full((1, 2, 1, 1), 1 / 3)),
+        f32("wq", rng.normal(size=(2, 1, 1, 1)) * 1000),
+        f32("wp", rng.normal(size=(2, 1, 1, 1)) * 1e-3),
+        f32("k", np.full((1, 2, 1, 1), 1 / 3)),
     ]
     hn, hi = _head("d", 2 * SIDE * SIDE, rng)
-    model = _model(nodes + hn, inits + hi, (1, SIDE, SIDE), 3)
+    model = hand_model(nodes + hn, inits + hi, (1, SIDE, SIDE), 3)
     eng = BoundEngine(model)
     fe = eng.float_error
     x64 = torch.as_tensor(_images(1, 1), dtype=torch.float64)

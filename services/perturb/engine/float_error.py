@@ -32,8 +32,12 @@ The lowered nodes still get an error bound (never read downstream: their only co
 Slack for what the runtime may do to the graph: ONNX Runtime folds BatchNorm / Mul / Add into a
 conv's weights in the serving format, which perturbs each weight by a few u; every dot product is
 charged ``FUSION_SLACK`` extra terms (γ_{k+1+8} instead of γ_{k+1}), which dominates such folding.
+A BatchNormalization's bias B − s·mean is itself precomputed in the serving format, so its rounding
+scales with |B| + |s·mean| however much they cancel: the node charges that (``Node.bias_terms``)
+instead of |bias|.
 Underflow: each term may flush to zero, an absolute error of at most the smallest normal number
-per term. Overflow: a magnitude bound above the format's largest finite value gives E = ∞.
+per term, and so may each input pixel rounded to the format. Overflow: a magnitude bound above the
+format's largest finite value gives E = ∞.
 
 What the model does NOT cover: convolutions computed by Winograd or FFT algorithms (their error is
 not of the dot-product form). The CPU runtime (MLAS) computes convolutions as GEMMs; the
@@ -146,7 +150,7 @@ class FloatErrorModel:
         for n in unfolded.nodes:
             if n.kind == "affine":
                 k = dot_length(n.lmap)  # 0 only for a pure reshape: exact unless it adds a bias
-                rounds = k > 0 or bool(torch.count_nonzero(n.bias))
+                rounds = k > 0 or bool(torch.count_nonzero(n.bias if n.bias_terms is None else n.bias_terms))
                 terms = max(k, 1) + 1 + FUSION_SLACK if rounds else 0
                 self._nodes.append(_NodeModel(terms, certified_norm(n.lmap.to(torch.float64)), rounds))
             else:
@@ -184,8 +188,8 @@ class FloatErrorModel:
             lo, hi = bounds[i]
             exact = torch.maximum(lo.abs(), hi.abs())
             nm = self._nodes[i]
-            if n.kind == "input":
-                e = u * exact  # the served input is the image rounded to the format
+            if n.kind == "input":  # the served input is the image rounded to the format (or flushed to 0)
+                e = u * exact + tiny
                 el, e2 = e, e.flatten(1).norm(dim=1)
             elif n.kind == "relu":
                 el, e2 = elem[n.inputs[0]], l2[n.inputs[0]]
@@ -204,7 +208,8 @@ class FloatErrorModel:
                 carried_l2 = nm.op_norm * l2[src] * (1 + 1e-6)
                 if nm.rounds:
                     g = gamma(nm.terms, u)
-                    local = g * (n.lmap.apply_abs(mag[src]) + n.bias.abs()) + nm.terms * tiny
+                    bias = n.bias.abs() if n.bias_terms is None else n.bias_terms
+                    local = g * (n.lmap.apply_abs(mag[src]) + bias) + nm.terms * tiny
                 else:
                     local = torch.zeros_like(exact)
                 el = carried_el + local

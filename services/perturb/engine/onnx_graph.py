@@ -143,6 +143,10 @@ class Node:
     bias: torch.Tensor | None = None
     lipschitz_source: int | None = None
     value_of: int | None = None
+    # affine only: elementwise magnitude of the constants the served op sums into its bias, where that
+    # exceeds |bias|: BatchNormalization's B − s·mean is precomputed by the runtime in the served format, so
+    # its rounding scales with |B| + |s·mean| (tiny after cancellation). None = |bias|. Read by float_error.
+    bias_terms: torch.Tensor | None = None
 
 
 @dataclass
@@ -166,15 +170,11 @@ class BoundGraph:
     def to(self, dtype: torch.dtype) -> BoundGraph:
         """A copy with all parameters cast to ``dtype``."""
         nodes = [
-            Node(
-                n.kind,
-                n.inputs,
-                n.shape,
-                n.name,
-                None if n.lmap is None else n.lmap.to(dtype),
-                None if n.bias is None else n.bias.to(dtype),
-                n.lipschitz_source,
-                n.value_of,
+            replace(
+                n,
+                lmap=None if n.lmap is None else n.lmap.to(dtype),
+                bias=None if n.bias is None else n.bias.to(dtype),
+                bias_terms=None if n.bias_terms is None else n.bias_terms.to(dtype),
             )
             for n in self.nodes
         ]
@@ -408,14 +408,18 @@ class _Builder:
         return v.astype(np.float64)
 
     # -- emitting nodes --
-    def add_affine(self, src: int, lmap: LinearMap, bias: torch.Tensor | None, name: str) -> int:
+    def add_affine(self, src: int, lmap: LinearMap, bias: torch.Tensor | None, name: str,
+                   bias_terms: torch.Tensor | None = None) -> int:
         b = torch.zeros(lmap.out_shape, dtype=torch.float64) if bias is None else bias.to(torch.float64)
         b = b.expand(lmap.out_shape).clone()
-        self.nodes.append(Node("affine", (src,), tuple(lmap.out_shape), name, lmap, b))
+        if bias_terms is not None:
+            bias_terms = torch.maximum(bias_terms.to(torch.float64).expand(lmap.out_shape), b.abs()).clone()
+        self.nodes.append(Node("affine", (src,), tuple(lmap.out_shape), name, lmap, b, bias_terms=bias_terms))
         return len(self.nodes) - 1
 
-    def set_affine(self, node: onnx.NodeProto, src: int, lmap: LinearMap, bias: torch.Tensor | None) -> None:
-        self.where[node.output[0]] = self.add_affine(src, lmap, bias, _name(node))
+    def set_affine(self, node: onnx.NodeProto, src: int, lmap: LinearMap, bias: torch.Tensor | None,
+                   bias_terms: torch.Tensor | None = None) -> None:
+        self.where[node.output[0]] = self.add_affine(src, lmap, bias, _name(node), bias_terms)
 
     def const_full(self, arr: np.ndarray, shape: Shape, node: onnx.NodeProto) -> torch.Tensor:
         """A constant broadcast to the per-sample ``shape``; refused if it would broadcast the tensor."""
@@ -614,10 +618,14 @@ def _batchnorm(b: _Builder, node: onnx.NodeProto, a: dict) -> None:
         raise _err(node, "var + epsilon must be positive")
     s = scale / np.sqrt(den)
     sh = (-1,) + (1,) * (len(shape) - 1)
-    lmap = ScaleMap(torch.from_numpy(np.broadcast_to(s.reshape(sh), shape).copy()))
-    b.set_affine(
-        node, src, lmap, torch.from_numpy(np.broadcast_to((bias - mean * s).reshape(sh), shape).copy())
-    )
+
+    def full(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.broadcast_to(v.reshape(sh), shape).copy())
+
+    # the runtime serves s′·x + (B − mean·s′) with both constants precomputed in the served format (also when
+    # it fuses BN into a preceding conv): the bias's rounding is charged at |B| + |mean·s|, not |B − mean·s|
+    b.set_affine(node, src, ScaleMap(full(s)), full(bias - mean * s),
+                 bias_terms=full(np.abs(bias) + np.abs(mean * s)))
 
 
 def _dense(b: _Builder, node: onnx.NodeProto, a: dict) -> None:
@@ -1182,7 +1190,7 @@ def prune(graph: BoundGraph) -> BoundGraph:
         n = graph.nodes[old]
         source = remap.get(n.lipschitz_source) if n.lipschitz_source is not None else None
         ins = tuple(remap[i] for i in n.inputs)
-        nodes.append(Node(n.kind, ins, n.shape, n.name, n.lmap, n.bias, source, n.value_of))
+        nodes.append(replace(n, inputs=ins, lipschitz_source=source))
     return BoundGraph(nodes, remap[graph.output])
 
 
