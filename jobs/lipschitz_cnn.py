@@ -33,6 +33,9 @@ class LipschitzConfig:
 
     channels: tuple[int, ...] = (16, 32, 64)  # first conv stride 1, then stride 2 each
     hidden: int = 256
+    # "aol-narrow": each layer rescaled on its narrower side (the wide 3,136 -> 256 dense layer keeps norm ~1,
+    # and its Gram is 256², not 3,136²); "aol": the paper's column rule everywhere
+    layers: str = "aol-narrow"
     margin_offset: float = 0.5 * math.sqrt(2.0)  # u: the loss asks for certified radius u / √2 = 0.5
     temperature: float = 4.0  # t
     max_epochs: int = 40
@@ -68,7 +71,7 @@ def build_aol_cnn(config: LipschitzConfig, num_classes: int = 10,
     for layer in model:
         if getattr(layer, "bias", None) is not None:
             nn.init.zeros_(layer.bias)
-    return make_aol(model)
+    return make_aol(model, config.layers)
 
 
 def frozen(model):

@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv (folded at export)")
     p.add_argument("--enc-layers", choices=LAYER_KINDS, default=e.layers,
                    help="'aol': almost-orthogonal conv / dense layers, 1-Lipschitz by construction "
-                        "(the encoder's bound is then at most 1 / std of its input normalization); "
-                        "'plain': ordinary layers")
+                        "(the encoder's bound is then at most 1 / std of its input normalization), each "
+                        "rescaled over its inputs (the paper's rule); 'aol-narrow': the same bound, each "
+                        "layer rescaled on its narrower side (a wide layer such as the first dense one "
+                        "keeps norm ~1 instead of shrinking); 'plain': ordinary layers")
     p.add_argument("--enc-activation", choices=ACTIVATIONS, default=e.activation,
                    help="'maxmin': sort channel pairs (1-Lipschitz, keeps the gradient norm; pairs with AOL "
                         "layers); 'relu'")

@@ -27,7 +27,7 @@ class EncoderConfig:
     batch_norm: bool = False
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
-    layers: str = "plain"  # "aol": each conv / dense layer 1-Lipschitz by construction (services.trainer.aol)
+    layers: str = "plain"  # "aol" / "aol-narrow": each conv / dense layer 1-Lipschitz by construction
     # "maxmin": pairs channel i with i + C/2 -> (max, min); 1-Lipschitz, norm-preserving
     activation: str = "relu"
 
@@ -42,7 +42,7 @@ class EncoderConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.activation == "maxmin" and any(c % 2 for c in (*self.channels, self.hidden_dim)):
             raise ValueError("maxmin pairs channels: every conv width and hidden_dim must be even")
-        if self.layers == "aol" and self.batch_norm:
+        if self.layers != "plain" and self.batch_norm:
             raise ValueError("AOL layers are 1-Lipschitz only without BatchNorm: drop batch_norm")
 
     def to_dict(self) -> dict:
@@ -113,7 +113,7 @@ class ConvEncoder(nn.Module):
         # AOL layers shrink the signal (the first dense layer's Gram is [in, in] with in = C·H·W), and learned
         # biases then dominate it: measured, a distilled AOL student with biases collapsed to a near-constant
         # output (cosine distance to the teacher stuck at 0.50); without them it reached 0.18 in 240 steps
-        biased = config.layers != "aol"
+        biased = config.layers == "plain"
         c_in = config.in_channels
         for c_out, stride in zip(config.channels, config.strides, strict=False):
             bias = biased and not config.batch_norm
@@ -137,8 +137,8 @@ class ConvEncoder(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if config.layers == "aol":
-            make_aol(self.net)  # the product of the layer norms is then at most 1 / std
+        if config.layers != "plain":
+            make_aol(self.net, config.layers)  # the product of the layer norms is then at most 1 / std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -178,7 +178,7 @@ def weights_cached(config: TrainConfig) -> contextlib.AbstractContextManager:
     """For one training step: AOL weights (a parametrization, recomputed at every access: the forward, the
     clean-spread forward and each power-iteration step; the first dense layer's Gram is [in, in]) computed
     once. Not under RoCL, whose PGD backpropagates several times through the same weights."""
-    if config.encoder.layers == "aol" and config.mode != "rocl":
+    if config.encoder.layers != "plain" and config.mode != "rocl":
         return parametrize.cached()
     return contextlib.nullcontext()
 
