@@ -805,6 +805,28 @@ def compare(raw_by_encoder: dict[str, dict]) -> dict:
     return out
 
 
+def versus_smoothed_cnn(raw_by_encoder: dict[str, dict], best: dict, indices: Sequence[int]) -> dict:
+    """Per encoder, REaaS-SC's certified accuracy on the smoothed white-box CNNs' test inputs (``indices``)
+    against ``best`` (the best-sigma-per-radius row, or the one sigma's row) at every radius; pure."""
+    wanted = {int(i) for i in indices}
+    out = {}
+    for label, raw in raw_by_encoder.items():
+        if "REaaS-SC" not in raw:
+            continue
+        rows = [r for r in raw["REaaS-SC"]["rows"] if int(r["index"]) in wanted]
+        if len(rows) != len(wanted):  # REaaS certified fewer inputs than the CNNs: no like-for-like
+            continue
+        ours = summary_of(rows)["certified_accuracy"]
+        sigmas = best.get("best_sigma_per_radius", {})
+        per_radius = {f"{r:g}": {"reaas_sc": ours[f"{r:g}"], "best_smoothed_cnn": best[report.radius_key(r)],
+                                 "cnn_sigma": sigmas.get(f"{r:g}", best.get("sigma"))}
+                      for r in RADII}
+        out[label] = {"test_indices": sorted(wanted), "per_radius": per_radius,
+                      "beats_at_every_r_from_0.25": all(v["reaas_sc"] > v["best_smoothed_cnn"]
+                                                        for k, v in per_radius.items() if float(k) >= 0.25)}
+    return out
+
+
 def synbench_ranks_like_acr(raw_by_encoder: dict[str, dict]) -> bool:
     """Whether SynBench scores order every pair of encoders as their REaaS-BC and REaaS-SC ACR do."""
     labels = sorted(raw_by_encoder)
@@ -846,6 +868,12 @@ def ratio_lines(ratios: dict) -> list[str]:
         shown = ", ".join(f"{label} {fmt(value)}" for label, value in scores.items())
         lines.append(f"- SynBench score (ModelInfo): {shown}; ranks the encoders like their REaaS-BC and "
                      f"REaaS-SC ACR: {'yes' if ratios['synbench_ranks_like_acr'] else 'NO'}")
+    for label, r in ratios.get("versus_smoothed_cnn", {}).items():
+        shown = ", ".join(f"r = {k}: {v['reaas_sc']:.3f} vs {v['best_smoothed_cnn']:.3f}"
+                          for k, v in r["per_radius"].items())
+        lines.append(f"- {label}: certified accuracy REaaS-SC vs the best smoothed white-box CNN on the "
+                     f"{_inputs(r['test_indices'])}: {shown}; REaaS-SC ahead at every r >= 0.25: "
+                     f"{'yes' if r['beats_at_every_r_from_0.25'] else 'NO'}")
     for other, r in ratios.get("robust_over_others", {}).items():
         lines.append(f"- robust / {other} ACR: REaaS-BC {fmt(r['bc'])}, REaaS-SC {fmt(r['sc'])}")
     for key in ("bc", "sc"):
@@ -877,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds[label] = raw["seconds"]
         curves.update({f"{label}: {name}": curve for name, curve in encoder_curves.items()
                        if name in PLOTTED and (label == "robust" or name.startswith("REaaS"))})
+    reference_table: list[dict] = []
     if "smoothed-cnn" in config.parts:
         step = time.perf_counter()
         reference_table, reference_curves = reference_rows(config)
@@ -890,6 +919,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         curves[LIPSCHITZ] = curve
     ratios = compare(raw_by_encoder)
+    if reference_table:
+        indices = evaluation_subset(data_source(config), config.reference_num_test).indices
+        ratios["versus_smoothed_cnn"] = versus_smoothed_cnn(raw_by_encoder, reference_table[-1], indices)
     semantic = semantic_table(raw_by_encoder)
     wall = time.perf_counter() - started
     table = report.markdown_table(rows, [*COLUMNS, "note"])

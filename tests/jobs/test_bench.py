@@ -304,3 +304,23 @@ def test_a_service_part_alone_gives_its_rows_only(tmp_path):
     assert rows[1]["sigma"] in config.image_sigmas and rows[1]["n_test"] == config.seaas_num_test
     assert "REaaS-SC" not in raw and "same_inputs" not in raw
     assert bench.compare({"tiny": raw}) == {}  # nothing to compare without REaaS-SC on the same inputs
+
+
+def test_reaas_sc_is_compared_with_the_best_smoothed_cnn_on_the_cnns_inputs():
+    def row(index: int, correct: bool, radius: float) -> dict:
+        return {"index": index, "label": 1, "prediction": 1 if correct else 2, "radius": radius,
+                "clean_prediction": 1, "queries": 2, "bytes": 10}
+
+    # REaaS-SC on inputs 0, 20, 40 (40 is not one of the CNNs' inputs and must not count)
+    raw = {"REaaS-SC": {"rows": [row(0, True, 1.2), row(20, True, 0.3), row(40, True, 5.0)]}}
+    best = {report.radius_key(r): v for r, v in zip(bench.RADII, (1.0, 0.5, 0.5, 0.0, 0.0, 0.0), strict=True)}
+    best["best_sigma_per_radius"] = {f"{r:g}": 0.25 for r in bench.RADII}
+    out = bench.versus_smoothed_cnn({"robust": raw}, best, [0, 20])["robust"]
+    assert out["test_indices"] == [0, 20]
+    assert out["per_radius"]["0"] == {"reaas_sc": 1.0, "best_smoothed_cnn": 1.0, "cnn_sigma": 0.25}
+    assert out["per_radius"]["0.25"]["reaas_sc"] == 1.0 and out["per_radius"]["0.5"]["reaas_sc"] == 0.5
+    assert out["per_radius"]["1"]["reaas_sc"] == 0.5 and out["per_radius"]["1.5"]["reaas_sc"] == 0.0
+    assert out["beats_at_every_r_from_0.25"] is False  # a tie at r = 0.5 and both 0 at r = 1.5
+    assert "ahead at every r >= 0.25: NO" in bench.ratio_lines({"versus_smoothed_cnn": {"robust": out}})[0]
+    # fewer REaaS inputs than the CNNs': no like-for-like comparison
+    assert bench.versus_smoothed_cnn({"robust": raw}, best, [0, 20, 60]) == {}
