@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -57,16 +59,27 @@ def serve_triton_peer(model: Path, python: Path, flags: Sequence[str] = (), time
     # its own process group: PyTriton starts tritonserver and a backend stub, which must not outlive the peer
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                                cwd=REPO, start_new_session=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:  # reads the whole log, so a full pipe never blocks the server
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
     try:
-        for line in process.stdout:  # Triton logs to stdout as well; the peer's own line is "grpc-port N"
+        while True:  # Triton logs to stdout as well; the peer's own line is "grpc-port N"
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                raise PeerUnavailable(f"the Triton peer did not report its port within {timeout_s:.0f} s"
+                                      ) from None
+            if line is None:
+                raise PeerUnavailable(f"the Triton peer exited without serving (status {process.wait()})")
             if line.startswith("grpc-port "):
-                # keep draining its log so a full pipe never blocks the server
-                threading.Thread(target=process.stdout.read, daemon=True).start()
                 yield int(line.split()[1])
                 break
-        else:
-            status = process.wait(timeout_s)
-            raise PeerUnavailable(f"the Triton peer exited without serving (status {status})")
     finally:
         _stop_group(process)
 
