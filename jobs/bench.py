@@ -280,8 +280,8 @@ def choose_encoders(config: BenchConfig, log: Callable[[str], None] = print) -> 
                              f"images are {list(images)}: pass encoders pre-trained for this dataset")
     rocl = Path(config.rocl_model) if config.rocl_model else None
     if "rocl" not in config.encoders:
-        pass
-    elif rocl is None or not rocl.is_file():
+        return encoders
+    if rocl is None or not rocl.is_file():
         log(f"no RoCL encoder at {config.rocl_model!r}: its rows are skipped")
     elif onnx_input_shape(rocl) not in (None, images):
         log(f"the RoCL encoder {rocl} takes images {list(onnx_input_shape(rocl))}, not {config.dataset}'s "
@@ -466,8 +466,9 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig,
                 f"{timed(f'{name} certify', started):.0f} s")
 
         raw["synbench_score"] = encoder.model_info().synbench_score
-        num_classes = int(steps.training_images(data, config.num_train)[1].max()) + 1
-        if "reaas" in config.parts:
+        if "reaas" not in config.parts:
+            num_classes = int(steps.training_images(data, config.num_train)[1].max()) + 1
+        else:
             downstream = fit("REaaS", DownstreamConfig(noise_c_grid=config.noise_c, train=train,
                                                        selection_images=config.selection_images,
                                                        validation_fraction=config.validation_fraction))
@@ -486,7 +487,7 @@ def encoder_rows(encoder_label: str, model: Path, config: BenchConfig,
 
         for name, method, n in (("SEaaS-SC", "seaas-sc", config.seaas_n),
                                 ("SEaaS-DS", "seaas-ds", config.ds_n)):
-            if name.lower() not in config.parts:
+            if method not in config.parts:
                 continue
             started = time.perf_counter()
             choice = choose_image_sigma(name, encoder, config, num_classes, journals, log)

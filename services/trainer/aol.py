@@ -44,9 +44,7 @@ def aol_conv_row_scale(kernel: torch.Tensor) -> torch.Tensor:
     """Row-side AOL rescaling d' [out] of a conv kernel [out, in, k, k]:
     d'_o = (Σ_{o',u} |V'_{o,o'}(u)|)^(-1/2), V' = conv2d(P, P, padding = k - 1) (the output channels' Gram
     over all shifts), so ‖D'·conv_P‖₂ ≤ 1."""
-    k = kernel.shape[-1]
-    gram = F.conv2d(kernel, kernel, padding=k - 1)  # [out, out, 2k-1, 2k-1]
-    return gram.abs().sum(dim=(1, 2, 3)).clamp_min(1e-12).rsqrt()
+    return aol_conv_scale(kernel.transpose(0, 1))  # the column rule of the transposed convolution
 
 
 def aol_dense_scale(weight: torch.Tensor) -> torch.Tensor:

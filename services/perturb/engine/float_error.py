@@ -101,11 +101,14 @@ def dot_length(lmap: LinearMap) -> int:
 
 @dataclass
 class _NodeModel:
-    """Per unfolded node: dot length k (terms incl. bias), operator norm, whether it rounds at all."""
+    """Per unfolded node: dot length k (terms incl. bias), operator norm, whether it rounds at all, and
+    (affine nodes) the magnitude of the bias terms its rounding is charged at (``Node.bias_terms``, else
+    |bias|)."""
 
     terms: int
     op_norm: float
     rounds: bool
+    bias_magnitude: torch.Tensor | None = None
 
 
 def same_value_pairs(unfolded: BoundGraph, folded: BoundGraph) -> dict[int, int]:
@@ -150,9 +153,10 @@ class FloatErrorModel:
         for n in unfolded.nodes:
             if n.kind == "affine":
                 k = dot_length(n.lmap)  # 0 only for a pure reshape: exact unless it adds a bias
-                rounds = k > 0 or bool(torch.count_nonzero(n.bias if n.bias_terms is None else n.bias_terms))
+                bias = n.bias.abs() if n.bias_terms is None else n.bias_terms
+                rounds = k > 0 or bool(torch.count_nonzero(bias))
                 terms = max(k, 1) + 1 + FUSION_SLACK if rounds else 0
-                self._nodes.append(_NodeModel(terms, certified_norm(n.lmap.to(torch.float64)), rounds))
+                self._nodes.append(_NodeModel(terms, certified_norm(n.lmap.to(torch.float64)), rounds, bias))
             else:
                 self._nodes.append(_NodeModel(1, 1.0, n.kind == "add"))
         self._same_value = same_value_pairs(unfolded, folded)
@@ -208,8 +212,7 @@ class FloatErrorModel:
                 carried_l2 = nm.op_norm * l2[src] * (1 + 1e-6)
                 if nm.rounds:
                     g = gamma(nm.terms, u)
-                    bias = n.bias.abs() if n.bias_terms is None else n.bias_terms
-                    local = g * (n.lmap.apply_abs(mag[src]) + bias) + nm.terms * tiny
+                    local = g * (n.lmap.apply_abs(mag[src]) + nm.bias_magnitude) + nm.terms * tiny
                 else:
                     local = torch.zeros_like(exact)
                 el = carried_el + local
