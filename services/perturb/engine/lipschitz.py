@@ -1,7 +1,9 @@
 """Global and per-neuron ℓ2 Lipschitz bounds of every node of a bound graph (computed once at load).
 
 ``global_l2[k]`` bounds ``‖v_k(x) - v_k(y)‖₂ / ‖x - y‖₂`` (product of certified operator norms, sums
-at residual Adds); ``per_neuron_l2[k]`` bounds each coordinate's Lipschitz constant separately:
+at residual Adds, or the root of the sum of squares where the two summands can change on disjoint
+coordinates: a concatenation written as the sum of zero-padded branches); ``per_neuron_l2[k]``
+bounds each coordinate's Lipschitz constant separately:
 ``min(‖A_i‖₂ · global(input), (|A| · per_neuron(input))_i)``.
 
 A lowered MaxMin (the "add" with ``lipschitz_source`` = s, value MaxMin(v_s)) also gets MaxMin's own
@@ -46,6 +48,29 @@ def pair_min(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.minimum(a, b)
 
 
+def sum_lipschitz(l_a, l_b, disjoint, margin: NormMargin):
+    """Lipschitz bound (float or [N] tensor) of v_a + v_b given bounds ``l_a``, ``l_b`` of the two summands.
+
+    In general L_a + L_b. Where ``disjoint`` (bool, or a bool tensor like ``l_a``) says the coordinates on
+    which v_a can change never meet those on which v_b can, Δ(v_a + v_b) = Δv_a + Δv_b has orthogonal parts,
+    so ‖Δ‖² = ‖Δv_a‖² + ‖Δv_b‖² ≤ (L_a² + L_b²)‖Δx‖²: a concatenation of branches of constants L_a and L_b
+    costs √(L_a² + L_b²), not their sum.
+    """
+    if isinstance(l_a, torch.Tensor):
+        value = torch.where(disjoint, torch.sqrt(l_a * l_a + l_b * l_b), l_a + l_b)
+        return value * (1 + margin.relative) + margin.absolute
+    return with_margin((l_a * l_a + l_b * l_b) ** 0.5 if disjoint else l_a + l_b, margin)
+
+
+def varying_rows(lmap, varying_in: torch.Tensor) -> torch.Tensor:
+    """Bool mask [N, *out] of the affine map's outputs that read some varying input ([N, *in] bool).
+
+    An output whose row is zero on every varying input is a constant (bias plus constants), exactly: the
+    absolute row sums are exact zeros there.
+    """
+    return lmap.to(torch.float64).apply_abs(varying_in.to(torch.float64)) > 0
+
+
 def _checked_source(graph: BoundGraph, k: int) -> int:
     """Node k's ``lipschitz_source``, checked to be an earlier node of its shape with an even dim 0."""
     n = graph.nodes[k]
@@ -60,16 +85,20 @@ def lipschitz_info(graph: BoundGraph, margin: NormMargin | None = None) -> Lipsc
     margin = NormMargin() if margin is None else margin
     glob: list[float] = []
     per: list[torch.Tensor] = []
+    varying: list[torch.Tensor] = []  # [1, *shape] bool: coordinates that depend on the input at all
     for k, n in enumerate(graph.nodes):
         if n.kind == "input":
             glob.append(1.0)
             per.append(torch.ones(n.shape, dtype=torch.float64))
+            varying.append(torch.ones((1, *n.shape), dtype=torch.bool))
         elif n.kind == "relu":
             glob.append(glob[n.inputs[0]])
             per.append(per[n.inputs[0]])
+            varying.append(varying[n.inputs[0]])
         elif n.kind == "add":
             a, b = n.inputs
-            g = with_margin(glob[a] + glob[b], margin)
+            varying.append(varying[a] | varying[b])
+            g = sum_lipschitz(glob[a], glob[b], not bool((varying[a] & varying[b]).any()), margin)
             p = (per[a] + per[b]) * (1 + margin.relative)
             if n.lipschitz_source is not None:
                 s = _checked_source(graph, k)
@@ -80,6 +109,7 @@ def lipschitz_info(graph: BoundGraph, margin: NormMargin | None = None) -> Lipsc
         else:
             src = n.inputs[0]
             lm = n.lmap.to(torch.float64)
+            varying.append(varying_rows(lm, varying[src]))
             glob.append(with_margin(certified_norm(lm, margin) * glob[src], margin))
             row = torch.sqrt(lm.apply_sq(torch.ones((1, *lm.in_shape), dtype=torch.float64))[0])
             via_rows = row * glob[src]

@@ -5,7 +5,9 @@ Over the ball, a ReLU whose input's upper bound is ≤ 0 outputs 0 everywhere, s
 be dropped. Dense maps use the exact norm of the masked submatrix; convs use the smaller of the
 certified circular-conv norm and the Hölder bound ``sqrt(‖A‖₁ ‖A‖∞)`` of the masked map. A lowered
 MaxMin (an "add" with ``lipschitz_source`` s) is 1-Lipschitz in node s, so its local constant is at
-most node s's, and a pair can change only where one of its two inputs can.
+most node s's, and a pair can change only where one of its two inputs can. An affine output whose row
+reads no coordinate that can change is constant over the ball; an Add of summands that can change only on
+disjoint coordinates (a concatenation of branches) gets √(L_a² + L_b²) (``lipschitz.sum_lipschitz``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from services.perturb.engine.ibp import Bounds
 from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, PairMap, ReshapeMap, ScaleMap
-from services.perturb.engine.lipschitz import LipschitzInfo, pair_max
+from services.perturb.engine.lipschitz import LipschitzInfo, pair_max, sum_lipschitz, varying_rows
 from services.perturb.engine.onnx_graph import BoundGraph
 from services.perturb.engine.operator_norms import NormMargin, with_margin
 
@@ -98,7 +100,8 @@ def local_lipschitz(
         elif nd.kind == "add":
             a, b = nd.inputs
             live = torch.maximum(alive[a], alive[b])
-            lip_k = (local[a] + local[b]) * (1 + margin.relative) + margin.absolute
+            disjoint = (alive[a] * alive[b]).flatten(1).sum(dim=1) == 0
+            lip_k = sum_lipschitz(local[a], local[b], disjoint, margin)
             s = nd.lipschitz_source
             if s is not None:
                 pair = pair_max(alive[s], 1)
@@ -111,7 +114,7 @@ def local_lipschitz(
             ones = torch.ones(n, *nd.shape, dtype=torch.float64)
             full = lip.global_l2[k] / max(lip.global_l2[src], 1e-300)
             norm = _masked_norm(nd.lmap, alive[src], ones, full, margin)
-            alive.append(ones)
+            alive.append(varying_rows(nd.lmap, alive[src] > 0).to(torch.float64))
             local.append(
                 torch.minimum(
                     torch.full((n,), lip.global_l2[k], dtype=torch.float64),
