@@ -61,8 +61,10 @@ class Call:
         if span.is_recording():
             span.set_attribute("reaas.queries", images)
 
-    def deadline(self, margin_s: float = 0.0) -> float | None:
-        """Absolute ``time.monotonic()`` by which to answer (None without a client deadline)."""
+    def deadline(self, margin_s: float = 0.0, reserve_fraction: float = 0.0) -> float | None:
+        """Absolute ``time.monotonic()`` by which to answer (None without a client deadline): the client's
+        deadline less ``margin_s`` to send the reply and ``reserve_fraction`` of the time left (work that
+        checks the deadline only between steps, e.g. a radius search round, may overrun it by one step)."""
         remaining_s = self.context.time_remaining()
         if remaining_s is None or remaining_s > _NO_DEADLINE_S:
             return None
@@ -71,7 +73,7 @@ class Call:
                 f"deadline too close: {remaining_s * 1000:.0f} ms left, "
                 f"{margin_s * 1000:.0f} ms needed to reply"
             )
-        return time.monotonic() + remaining_s - margin_s
+        return time.monotonic() + (remaining_s - margin_s) * (1.0 - reserve_fraction)
 
 
 def _attach_usage(response, usage: Usage) -> None:

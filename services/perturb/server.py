@@ -24,6 +24,10 @@ from services.perturb.dataplane import (
 )
 from services.perturb.engine import BoundEngine, EngineConfig, UnsupportedModelError
 
+# a bound search checks the deadline between rounds and one round may overrun it: keep 10% of the time
+# left in reserve, so that a search stopped at its deadline still answers before the client's
+SEARCH_ROUND_RESERVE = 0.1
+
 
 class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
     """F2IPerturb, F2IPerturbCurve, F2ISemantic and GetModelInfo: validate, charge, delegate to the data
@@ -50,7 +54,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
     def F2IPerturb(self, request, call):
         query = self._radius_query(request)
         call.charge(len(query.images))
-        result = self._plane.image_radius(query, deadline=call.deadline(self._margin_s))
+        result = self._plane.image_radius(query, deadline=call.deadline(self._margin_s, SEARCH_ROUND_RESERVE))
         return perturb_pb2.F2IPerturbResponse(
             image_radius=result.image_radius.tolist(),
             method_used=_method_values(result.method_used),
@@ -62,7 +66,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
     def F2IPerturbCurve(self, request, call):
         query = self._curve_query(request)
         call.charge(len(query.images))
-        answer = self._plane.curve(query, deadline=call.deadline(self._margin_s))
+        answer = self._plane.curve(query, deadline=call.deadline(self._margin_s, SEARCH_ROUND_RESERVE))
         # the curve is the pointwise minimum over the methods run: AUTO stays AUTO
         return _curve_response(answer, [request.method] * len(query.images), self._model.sha256)
 
@@ -70,7 +74,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
     def F2ISemantic(self, request, call):
         query = self._semantic_query(request)
         call.charge(len(query.images))
-        result = self._plane.semantic(query, deadline=call.deadline(self._margin_s))
+        result = self._plane.semantic(query, deadline=call.deadline(self._margin_s, SEARCH_ROUND_RESERVE))
         return perturb_pb2.F2ISemanticResponse(
             brightness=result.brightness.tolist(),
             contrast=result.contrast.tolist(),

@@ -100,3 +100,35 @@ def test_engine_deadlines(tmp_path):
     lip = eng.image_radius(x, np.array([1.0, 1.0]), method="lipschitz").image_radius
     res = eng.image_radius(x, np.array([1.0, 1.0]), deadline=time.monotonic() + 0.05)
     assert np.all(res.image_radius >= lip)
+
+
+def _floored(floor: float, slope: float):
+    """U(r) = floor + slope·r for r > 0: a bound with a floating-point floor (the served rounding error)."""
+    def evaluate(rows: np.ndarray, radii: np.ndarray) -> np.ndarray:
+        evaluate.calls += len(radii)
+        return floor + slope * radii
+    evaluate.calls = 0
+    return evaluate
+
+
+@pytest.mark.parametrize("target_over_floor", [0.5, 0.99, 1.0001, 1.05, 3.0])
+def test_a_floor_near_the_feature_radius_costs_few_rounds(target_over_floor):
+    """U(0⁺) = 0.0092 with R_F just above or below it (make run's slow BC input): the search answers the
+    largest verified radius in a few rounds, knowing only half the floor (the point error E(x0))."""
+    floor, slope = 0.0092, 0.5
+    target = np.array([floor * target_over_floor])
+    evaluate = _floored(floor, slope)
+    cfg = SearchConfig(radii_per_round=2)
+    out = search_radius(evaluate, target, target / slope, cfg=cfg, floor=np.array([floor / 2]))
+    truth = max(target[0] - floor, 0.0) / slope
+    assert out.finished
+    assert floor + slope * out.radius[0] < target[0] or out.radius[0] == 0  # verified (or nothing)
+    assert out.radius[0] >= truth / (1 + 2 * cfg.relative_tolerance) or truth < cfg.smallest_radius * 10
+    assert evaluate.calls <= 40, evaluate.calls
+
+
+def test_a_floor_at_or_above_the_feature_radius_answers_zero_without_probing():
+    evaluate = _floored(0.01, 1.0)
+    out = search_radius(evaluate, np.array([0.005, 0.01, 0.02]), np.full(3, 0.01), floor=np.full(3, 0.01))
+    assert evaluate.calls > 0  # the third image is searched
+    assert out.radius[0] == 0 and out.radius[1] == 0 and out.radius[2] > 0

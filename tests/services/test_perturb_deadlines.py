@@ -267,3 +267,22 @@ def test_semantic_waits_for_a_free_engine_slot(start_server, perturb_config, scr
     assert busy.result().search_completed and engine.calls == [("radius", 1)]
     assert _semantic(channel, images(1, seed=1), [0.1]).search_completed  # the slot is free again
     assert scripted_semantic == [1]
+
+
+def test_call_deadline_keeps_back_the_reply_margin_and_a_reserve():
+    """The perturb servicer answers by the client's deadline less 50 ms and 10% of the rest: a search
+    round that overruns its own deadline still replies in time (make run once stopped on that)."""
+    import time as _time
+    from types import SimpleNamespace
+
+    from services.common.rpc import Call
+    from services.perturb.server import SEARCH_ROUND_RESERVE
+
+    call = Call.__new__(Call)
+    call.context = SimpleNamespace(time_remaining=lambda: 20.0)
+    before = _time.monotonic()
+    deadline = call.deadline(0.05, SEARCH_ROUND_RESERVE)
+    assert before + (20.0 - 0.05) * 0.9 <= deadline <= _time.monotonic() + (20.0 - 0.05) * 0.9
+    assert call.deadline(0.05) > deadline  # without the reserve: later
+    call.context = SimpleNamespace(time_remaining=lambda: None)
+    assert call.deadline(0.05, SEARCH_ROUND_RESERVE) is None

@@ -286,7 +286,10 @@ class BoundEngine:
     ) -> SearchOutcome:
         """``method``'s search (``known_lower``: radii verified already; ``seed``: an unverified guess)."""
         evaluate = self._evaluator(q.prep, method, q.norm, q.clip, q.deadline)
-        return search_radius(evaluate, q.rf, q.guess, known_lower, q.search, q.deadline, seed=seed)
+        # every evaluation adds E(ball) + E(x0) (``_served_error``), and E(ball) ≥ E(x0): the error model is
+        # monotone in its intervals, which contain x0's values. Only the search's aim depends on it.
+        return search_radius(evaluate, q.rf, q.guess, known_lower, q.search, q.deadline, seed=seed,
+                             floor=2 * q.prep.point_error)
 
     def _lipschitz_radius(self, q: _Query) -> np.ndarray:
         """[B] closed form of L·r·(1 + rel) + margin(r) < R_F, the margin taken at the largest radius the

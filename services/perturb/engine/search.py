@@ -52,7 +52,13 @@ def _candidates(
     target: float,
     prev: tuple[float, float],
     up: bool,
+    floor: float = 0.0,
 ) -> np.ndarray:
+    if 0 < floor < target and u_lo >= floor:
+        # U − floor is what grows with r (the floor: rounding error present at every radius); near the
+        # floor U itself is nearly flat, and interpolating it would crawl
+        u_lo, target, u_hi = u_lo - floor, target - floor, u_hi - floor
+        prev = (prev[0], prev[1] - floor) if prev[1] > floor else (0.0, 0.0)
     if 0 < lo < hi < math.inf and 0 < u_lo < target <= u_hi < math.inf and u_hi > u_lo:
         # U is close to a power law in r: interpolate log U linearly in log r, probe tightly around it
         span = math.log(hi / lo)
@@ -64,11 +70,16 @@ def _candidates(
         inside = pts[(pts > lo * (1 + 0.25 * tol)) & (pts < hi)]
         if inside.size:
             return inside
-    if lo <= 0 < hi < math.inf and target < u_hi < math.inf:
-        # U(0) = 0 and U is typically convex, so U(r) ≈ r·U(hi)/hi from below: aim just under that chord
-        chord = hi * target / u_hi
+    if lo <= 0 < hi < math.inf and u_lo < target < u_hi < math.inf:
+        # U(0⁺) ≥ u_lo (0, or the floor already taken off) and U is typically convex, so U(r) ≈ u_lo +
+        # r·(U(hi) − u_lo)/hi from below: aim just under that chord. Where U's true floor lies above the
+        # known one (a radius of 0), the chord barely moves; the lowest probe, 64× further down, brackets fast.
+        chord = hi * (target - u_lo) / (u_hi - u_lo)
         top = -0.5 * math.log1p(tol)
-        return chord * np.exp(np.linspace(-0.5, top, k) if k > 1 else np.full(1, top))
+        pts = chord * np.exp(np.linspace(-0.5, top, k) if k > 1 else np.full(1, top))
+        if k > 1:
+            pts[0] /= 64.0
+        return pts
     if math.isinf(hi) and lo > 0 and 0 < u_lo < target:
         # extrapolate U ≈ c·r^p; p from the last two verified points (CROWN grows faster than linearly)
         p = 1.5
@@ -97,8 +108,13 @@ def search_radius(
     cfg: SearchConfig = SearchConfig(),
     deadline: float | None = None,
     seed: np.ndarray | None = None,
+    floor: np.ndarray | None = None,
 ) -> SearchOutcome:
     """Largest verified r per image; ``known_lower`` radii count as verified (by another sound bound).
+
+    ``floor`` [B], where given, is a lower bound of ``evaluate`` at every r > 0 (the served model's
+    rounding error): an image whose floor reaches R_F gets 0 without a probe, and the probes aim with
+    U − floor. It only steers the search: an answer is still a radius whose bound was evaluated below R_F.
 
     ``seed`` radii (e.g. a cheaper method's answer) are *not* trusted: the first round probes each
     seed s and s·(1 + tol) with this evaluator, which settles the search in one round when the
@@ -110,8 +126,11 @@ def search_radius(
     u_lo, u_hi = np.zeros(b), np.full(b, np.inf)  # U at lo (0 if unknown) and at hi
     prev = [(0.0, 0.0)] * b  # the verified (radius, U) before the current lo
     up = np.zeros(b, dtype=bool)  # whether lo moved in the last round
-    hi[feature_radius <= 0] = 0.0
-    lo[feature_radius <= 0] = 0.0
+    base = np.zeros(b) if floor is None else np.maximum(np.asarray(floor, dtype=np.float64), 0.0)
+    u_lo = np.where(lo <= 0, base, u_lo)
+    hopeless = (feature_radius <= 0) | ((lo <= 0) & (u_lo >= feature_radius))
+    hi[hopeless] = 0.0
+    lo[hopeless] = 0.0
     evaluations = 0
     first = np.ones(b, dtype=bool)
     tol = cfg.relative_tolerance
@@ -140,6 +159,7 @@ def search_radius(
                 feature_radius[i],
                 prev[i],
                 bool(up[i]),
+                float(base[i]),
             )
             cand = np.minimum(cand, cfg.largest_radius)
             rows.append(np.full(cand.shape, i))
