@@ -15,6 +15,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 
 MODEL ?= models/fmnist-robust.onnx
 RUN_DIR ?= runs/local
+PIXEL_VIEW_ARGS ?= --components 128 --view-spread 4
 
 .PHONY: help install dataset h2load test lint protos clean up down images pretrain run bench bench-quick bench-services bench-triton \
 	reliability gpu-check
@@ -103,10 +104,15 @@ models/fmnist-standard.onnx: | $(STAMP)
 	  --no-progress --out-dir runs/fmnist-standard --export $@
 
 # the robust encoder is distilled from the standard one (RRM: match the teacher's features under a
-# scale-invariant spectral penalty), so it is built after it; ~36 min on one thread
+# scale-invariant spectral penalty), so it is built after it; ~36 min on one thread. Then a linear view of
+# the pixels (128 principal directions) is set beside its features (services/trainer/pixel_view.py, ~1 min)
 models/fmnist-robust.onnx: | models/fmnist-standard.onnx $(STAMP)
 	$(BIN)/python -m services.trainer --mode rrm --teacher models/fmnist-standard.onnx --lam 0.2 \
-	  --penalty scale_invariant --epochs 60 --seed 0 --threads 1 --no-progress --out-dir runs/fmnist-robust --export $@
+	  --penalty scale_invariant --epochs 60 --seed 0 --threads 1 --no-progress --out-dir runs/fmnist-robust \
+	  --export runs/fmnist-robust/encoder.onnx
+	$(BIN)/python -m services.trainer.pixel_view --base runs/fmnist-robust/encoder.onnx $(PIXEL_VIEW_ARGS) \
+	  --threads 1 --export $@
+	$(BIN)/python -m services.trainer.synbench --model $@ --write-card
 
 models/fmnist-rocl.onnx: | $(STAMP)
 	$(BIN)/python -m services.trainer --mode rocl --lam 0 --penalty none --epochs 20 --seed 0 --threads 1 \

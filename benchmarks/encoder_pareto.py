@@ -25,7 +25,15 @@ FIGURE = ROOT / "docs" / "figures" / "encoder_pareto.png"
 
 
 def describe(card: dict) -> str:
-    """A short label for a card's training recipe, e.g. ``moco λ=0.3 20 ep``."""
+    """A short label for a card's training recipe, e.g. ``moco λ=0.3 20 ep``; an encoder with a pixel view
+    (``services/trainer/pixel_view.py``) is labelled by its base's recipe, e.g. ``… + PCA-128 view ×2``."""
+    architecture = card.get("architecture", {})
+    if architecture.get("family") == "PixelView":
+        view = architecture.get("pixel_view", {})
+        if architecture.get("base") is None:
+            return f"PCA-{view.get('components')} view alone (no learned features)"
+        base = {"training": card.get("training", {}), "architecture": architecture.get("base", {})}
+        return f"{describe(base)} + PCA-{view.get('components')} view ×{view.get('view_spread'):g}"
     training = card.get("training", {})
     config = training.get("config", {})
     mode = training.get("mode", config.get("mode", "?"))
@@ -34,7 +42,6 @@ def describe(card: dict) -> str:
     if mode == "rrm" and training.get("teacher"):
         mode = "distilled"
     label = f"{mode} λ={lam:g} {epochs} ep" if lam else f"{mode} {epochs} ep"
-    architecture = card.get("architecture", {})
     channels = architecture.get("channels")
     if channels and list(channels) != [16, 32, 64]:
         label += " wide " + "-".join(str(c) for c in channels)

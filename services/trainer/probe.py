@@ -90,8 +90,10 @@ def lipschitz_certified_radii(
     return torch.where(pred == labels, radius, torch.zeros_like(radius))
 
 
-def onnx_features(path: str, images: torch.Tensor, batch_size: int = 1024, threads: int = 2) -> torch.Tensor:
-    """features [N, D] of images [N, C, H, W] from an ONNX encoder via onnxruntime (CPU)."""
+def onnx_features(path: str | bytes, images: torch.Tensor, batch_size: int = 1024, threads: int = 2
+                  ) -> torch.Tensor:
+    """features [N, D] of images [N, C, H, W] from an ONNX encoder (a path or the model's bytes) via
+    onnxruntime (CPU)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
