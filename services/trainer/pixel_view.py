@@ -44,7 +44,7 @@ class PixelViewConfig:
     images, scaled so that the view's feature spread is ``view_spread`` × the base encoder's."""
 
     components: int = 128
-    view_spread: float = 2.0
+    view_spread: float = 4.0
     fit_images: int = 20_000
 
     def __post_init__(self) -> None:

@@ -232,18 +232,27 @@ def test_gpu_overlay_puts_only_the_encoder_on_gpus():
         assert perturb["containers"][0]["image"].endswith("-cpu")
 
 
-def test_trainer_job_runs_torchrun_and_exports_to_the_models_volume():
+def test_trainer_job_runs_torchrun_then_the_pixel_view_into_the_models_volume():
     (job,) = docs("training", "Job")
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"][0] == "torchrun" and container["command"][-2:] == ["-m", "services.trainer"]
-    nproc = next(int(a.split("=")[1]) for a in container["command"] if a.startswith("--nproc_per_node="))
-    threads = next(int(a.split("=")[1]) for a in container["args"] if a.startswith("--threads="))
-    assert nproc * threads <= float(container["resources"]["limits"]["cpu"])
-    export = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--export="))
-    models_mount = next(m for m in container["volumeMounts"] if m["name"] == "models")["mountPath"]
+    spec = job["spec"]["template"]["spec"]
+    (trainer,) = spec["initContainers"]
+    assert trainer["command"][0] == "torchrun" and trainer["command"][-2:] == ["-m", "services.trainer"]
+    nproc = next(int(a.split("=")[1]) for a in trainer["command"] if a.startswith("--nproc_per_node="))
+    threads = next(int(a.split("=")[1]) for a in trainer["args"] if a.startswith("--threads="))
+    assert nproc * threads <= float(trainer["resources"]["limits"]["cpu"])
+    base = next(a.split("=", 1)[1] for a in trainer["args"] if a.startswith("--export="))
+    (view,) = spec["containers"]
+    script = view["args"][0].split()
+    assert script[:3] == ["python", "-m", "services.trainer.pixel_view"]
+    assert script[script.index("--base") + 1] == base  # the view extends what the trainer exported
+    export = script[script.index("--export") + 1]
+    models_mount = next(m for m in view["volumeMounts"] if m["name"] == "models")["mountPath"]
     assert export.startswith(models_mount + "/")
     serving_model = by_name("cpu", "ConfigMap")["reaas-config"]["data"]["REAAS_MODEL"]
     assert serving_model == export
+    for container in spec["initContainers"]:  # hardened like the main containers (test_pods_are_hardened)
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
 def test_renderer_rejects_what_it_does_not_implement(tmp_path):

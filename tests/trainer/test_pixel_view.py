@@ -100,7 +100,7 @@ def test_cli_writes_the_encoder_and_a_card_the_ledger_can_label(base_model, tmp_
     assert card["output"]["shape"] == ["batch", 16 + 8]
     assert 0 < card["lipschitz_bound_l2"] < float("inf") and 0 < card["linear_probe_accuracy"] <= 1
     assert card["training"]["base_command"] == "python -m services.trainer --mode rrm"
-    assert describe(card) == "distilled λ=0.2 60 ep + PCA-16 view ×2"
+    assert describe(card) == "distilled λ=0.2 60 ep + PCA-16 view ×4"
     with pytest.raises(SystemExit, match="must differ"):
         main(["--base", str(base), "--export", str(base)])
 
