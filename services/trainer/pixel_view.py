@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edge_client.mlp import feature_spread
 from reaas.datasets import LOADERS
 
 PARITY_TOL = 1e-4
@@ -73,17 +74,11 @@ def principal_directions(images: np.ndarray, components: int) -> tuple[np.ndarra
     return mean, top * signs[:, None]
 
 
-def spread(features: np.ndarray) -> float:
-    """RMS ℓ2 distance of features [N, D] to their mean (the encoder's feature spread S)."""
-    centered = np.asarray(features, dtype=np.float64) - np.mean(features, axis=0, dtype=np.float64)
-    return float(np.sqrt((centered**2).sum(axis=1).mean()))
-
-
 def view_weight(images: np.ndarray, base_features: np.ndarray, mean: np.ndarray, directions: np.ndarray,
                 view_spread: float) -> float:
     """w such that the view w·P(x − μ) of ``images`` spreads ``view_spread`` × the base features."""
     view = (np.asarray(images, dtype=np.float64).reshape(len(images), -1) - mean) @ directions.T
-    return float(view_spread * spread(base_features) / spread(view))
+    return float(view_spread * feature_spread(base_features) / feature_spread(view))
 
 
 def view_matrices(mean: np.ndarray, directions: np.ndarray, weight: float, base_dim: int
@@ -193,7 +188,7 @@ def fit_pixel_view(base: onnx.ModelProto | None, images: np.ndarray,
         weight = view_weight(fit, base_features, mean, directions, config.view_spread)
         model = compose(base, mean, directions, weight)
         expected = np.concatenate([weight * view, base_features[: len(check)]], axis=1)
-        fitted = {"base_feature_spread": spread(base_features), "base_dim": base_features.shape[1]}
+        fitted = {"base_feature_spread": feature_spread(base_features), "base_dim": base_features.shape[1]}
     parity = float(np.abs(run_onnx(model, check, threads=threads) - expected).max())
     if not parity <= PARITY_TOL:
         raise RuntimeError(f"composed encoder differs from the concatenation by {parity:.3g} > {PARITY_TOL}")

@@ -11,6 +11,7 @@ import pytest
 from onnx_helpers import export_encoder
 
 from benchmarks.encoder_pareto import describe
+from edge_client.mlp import feature_spread as spread
 from services.trainer.encoders import EncoderConfig, untrained_encoder
 from services.trainer.pixel_view import (
     PixelViewConfig,
@@ -19,7 +20,6 @@ from services.trainer.pixel_view import (
     main,
     principal_directions,
     run_onnx,
-    spread,
     view_weight,
 )
 
