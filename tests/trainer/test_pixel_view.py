@@ -120,3 +120,12 @@ def test_the_view_alone_is_a_1_lipschitz_encoder(tmp_path, capsys):
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["architecture"]["base"] is None and card["output"]["shape"] == ["batch", 16]
     assert describe(card) == "PCA-16 view alone (no learned features)"
+
+
+def test_mismatched_or_constant_images_are_refused_with_a_reason(base_model):
+    small = np.random.default_rng(0).random((20, 1, 8, 8))
+    mean, top = principal_directions(small, 3)
+    with pytest.raises(ValueError, match="64 pixels.*784"):
+        compose(base_model, mean, top, 1.0)
+    with pytest.raises(ValueError, match="no view scale can be fitted"):
+        fit_pixel_view(base_model, np.full((10, 1, 28, 28), 0.5), PixelViewConfig(components=2))
