@@ -62,13 +62,13 @@ def sum_lipschitz(l_a, l_b, disjoint, margin: NormMargin):
     return with_margin((l_a * l_a + l_b * l_b) ** 0.5 if disjoint else l_a + l_b, margin)
 
 
-def varying_rows(lmap, varying_in: torch.Tensor) -> torch.Tensor:
-    """Bool mask [N, *out] of the affine map's outputs that read some varying input ([N, *in] bool).
+def abs_reach(lmap, varying_in: torch.Tensor) -> torch.Tensor:
+    """|A|·m [N, *out] (float64) of an affine map for a 0/1 mask m [N, *in] of its varying inputs.
 
-    An output whose row is zero on every varying input is a constant (bias plus constants), exactly: the
-    absolute row sums are exact zeros there.
+    Positive exactly where an output reads some varying input: an output whose row is zero on every varying
+    input is a constant (bias plus constants), and its absolute row sum is an exact zero.
     """
-    return lmap.to(torch.float64).apply_abs(varying_in.to(torch.float64)) > 0
+    return lmap.to(torch.float64).apply_abs(varying_in.to(torch.float64))
 
 
 def _checked_source(graph: BoundGraph, k: int) -> int:
@@ -109,7 +109,7 @@ def lipschitz_info(graph: BoundGraph, margin: NormMargin | None = None) -> Lipsc
         else:
             src = n.inputs[0]
             lm = n.lmap.to(torch.float64)
-            varying.append(varying_rows(lm, varying[src]))
+            varying.append(abs_reach(lm, varying[src]) > 0)
             glob.append(with_margin(certified_norm(lm, margin) * glob[src], margin))
             row = torch.sqrt(lm.apply_sq(torch.ones((1, *lm.in_shape), dtype=torch.float64))[0])
             via_rows = row * glob[src]

@@ -16,15 +16,16 @@ import torch
 
 from services.perturb.engine.ibp import Bounds
 from services.perturb.engine.linear_maps import Conv2dMap, DenseMap, PairMap, ReshapeMap, ScaleMap
-from services.perturb.engine.lipschitz import LipschitzInfo, pair_max, sum_lipschitz, varying_rows
+from services.perturb.engine.lipschitz import LipschitzInfo, abs_reach, pair_max, sum_lipschitz
 from services.perturb.engine.onnx_graph import BoundGraph
 from services.perturb.engine.operator_norms import NormMargin, with_margin
 
 
 def _masked_norm(
-    lmap, w_in: torch.Tensor, w_out: torch.Tensor, full: float, margin: NormMargin
+    lmap, w_in: torch.Tensor, reach: torch.Tensor, w_out: torch.Tensor, full: float, margin: NormMargin
 ) -> torch.Tensor:
-    """[N] upper bounds of ‖diag(w_out) A diag(w_in)‖₂ for 0/1 masks w_in [N, *in], w_out [N, *out]."""
+    """[N] upper bounds of ‖diag(w_out) A diag(w_in)‖₂ for 0/1 masks w_in [N, *in], w_out [N, *out];
+    ``reach`` = |A|·w_in (``abs_reach``), computed once per node."""
     n = w_in.shape[0]
     out = torch.full((n,), full, dtype=torch.float64)
     if isinstance(lmap, DenseMap):
@@ -40,7 +41,7 @@ def _masked_norm(
         return out
     lm = lmap.to(torch.float64)
     # ‖M‖₁ = max column abs-sum = max of |M|ᵀ·1, ‖M‖∞ = max row abs-sum = max of |M|·1
-    row_sums = (w_out * lm.apply_abs(w_in)).reshape(n, -1).max(dim=1).values
+    row_sums = (w_out * reach).reshape(n, -1).max(dim=1).values
     col_sums = (w_in * _abs_t(lm, w_out)).reshape(n, -1).max(dim=1).values
     holder = torch.sqrt(row_sums * col_sums) * (1 + margin.relative) + margin.absolute
     return torch.minimum(out, holder)
@@ -74,6 +75,7 @@ def local_lipschitz(
     consumers = graph.consumers
     alive: list[torch.Tensor] = []  # 1 where the node's coordinate can change over the ball
     local: list[torch.Tensor] = []
+    reach: dict[int, torch.Tensor] = {}  # affine node -> |A|·alive(input)
     for k, nd in enumerate(graph.nodes):
         if nd.kind == "input":
             alive.append(torch.ones(n, *nd.shape, dtype=torch.float64))
@@ -88,6 +90,7 @@ def local_lipschitz(
                 norm = _masked_norm(
                     pre.lmap,
                     w_in,
+                    reach[src],
                     live,
                     lip.global_l2[src] / max(lip.global_l2[pre.inputs[0]], 1e-300),
                     margin,
@@ -113,8 +116,9 @@ def local_lipschitz(
             src = nd.inputs[0]
             ones = torch.ones(n, *nd.shape, dtype=torch.float64)
             full = lip.global_l2[k] / max(lip.global_l2[src], 1e-300)
-            norm = _masked_norm(nd.lmap, alive[src], ones, full, margin)
-            alive.append(varying_rows(nd.lmap, alive[src] > 0).to(torch.float64))
+            reach[k] = abs_reach(nd.lmap, alive[src])
+            norm = _masked_norm(nd.lmap, alive[src], reach[k], ones, full, margin)
+            alive.append((reach[k] > 0).to(torch.float64))
             local.append(
                 torch.minimum(
                     torch.full((n,), lip.global_l2[k], dtype=torch.float64),
