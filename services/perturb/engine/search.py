@@ -70,12 +70,11 @@ def _candidates(
         inside = pts[(pts > lo * (1 + 0.25 * tol)) & (pts < hi)]
         if inside.size:
             return inside
-    if lo <= 0 < hi < math.inf and u_lo < target < u_hi < math.inf:
-        # U(0⁺) ≥ u_lo (0, or the floor already taken off) and U is typically convex, so U(r) ≈ u_lo +
-        # r·(U(hi) − u_lo)/hi from below: aim just under that chord. Where U's true floor lies above the
-        # known one (a radius of 0), the chord barely moves; the lowest probe, 64× further down, brackets
-        # fast.
-        chord = hi * (target - u_lo) / (u_hi - u_lo)
+    if lo <= 0 < hi < math.inf and target < u_hi < math.inf:
+        # U(0⁺) ≈ 0 (the floor, if any, taken off above) and U is typically convex, so U(r) ≈ r·U(hi)/hi from
+        # below: aim just under that chord. Where U's true floor lies above the known one (a radius of 0), the
+        # chord barely moves; the lowest probe, 64× further down, brackets fast.
+        chord = hi * target / u_hi
         top = -0.5 * math.log1p(tol)
         pts = chord * np.exp(np.linspace(-0.5, top, k) if k > 1 else np.full(1, top))
         if k > 1:
