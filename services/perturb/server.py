@@ -50,11 +50,15 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
         self._max_batch_size = max_batch_size
         self._margin_s = deadline_margin_s
 
+    def _deadline(self, call) -> float | None:
+        """When a bound search must stop: the client's deadline less the reply margin and the reserve."""
+        return call.deadline(self._margin_s, SEARCH_ROUND_RESERVE)
+
     @unary_rpc
     def F2IPerturb(self, request, call):
         query = self._radius_query(request)
         call.charge(len(query.images))
-        result = self._plane.image_radius(query, deadline=call.deadline(self._margin_s, SEARCH_ROUND_RESERVE))
+        result = self._plane.image_radius(query, deadline=self._deadline(call))
         return perturb_pb2.F2IPerturbResponse(
             image_radius=result.image_radius.tolist(),
             method_used=_method_values(result.method_used),
@@ -66,7 +70,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
     def F2IPerturbCurve(self, request, call):
         query = self._curve_query(request)
         call.charge(len(query.images))
-        answer = self._plane.curve(query, deadline=call.deadline(self._margin_s, SEARCH_ROUND_RESERVE))
+        answer = self._plane.curve(query, deadline=self._deadline(call))
         # the curve is the pointwise minimum over the methods run: AUTO stays AUTO
         return _curve_response(answer, [request.method] * len(query.images), self._model.sha256)
 
@@ -74,7 +78,7 @@ class PerturbServicer(perturb_pb2_grpc.PerturbServicer):
     def F2ISemantic(self, request, call):
         query = self._semantic_query(request)
         call.charge(len(query.images))
-        result = self._plane.semantic(query, deadline=call.deadline(self._margin_s, SEARCH_ROUND_RESERVE))
+        result = self._plane.semantic(query, deadline=self._deadline(call))
         return perturb_pb2.F2ISemanticResponse(
             brightness=result.brightness.tolist(),
             contrast=result.contrast.tolist(),
